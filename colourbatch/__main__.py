@@ -1,0 +1,4 @@
+"""`python -m colourbatch ...` (and `torchrun -m colourbatch train ...`)."""
+from .cli import main
+
+main()

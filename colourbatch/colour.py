@@ -1,0 +1,134 @@
+"""The only RGB <-> LAB code in colourbatch, and the value ranges that go with it.
+
+Everything outside this module speaks RGB (never BGR) and OpenCV 8-bit LAB, the
+encoding the Kaggle "image-colorization" set uses:
+
+    L8 = L * 255 / 100        (L in 0..100)
+    a8 = a + 128, b8 = b + 128 (a, b in LAB units)
+
+The model sees L as a float in [0, 1] (L8 / 255) and predicts a/b in LAB units
+centred on zero; the helpers below convert between the three forms.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: 8-bit L value per LAB L unit (OpenCV's 8-bit LAB stores L * 255/100).
+L_SCALE = 255.0 / 100.0
+#: 8-bit a/b value of a neutral grey (OpenCV stores a + 128, b + 128).
+AB_OFFSET = 128.0
+#: Side of the square tile the models see.
+TILE = 224
+#: Chroma (LAB units) above which a pixel counts as coloured for grey detection.
+GREY_CHROMA = 6.0
+#: Share of pixels above GREY_CHROMA that makes a picture a colour picture.
+GREY_SHARE = 0.01
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> uint8 OpenCV LAB (H, W, 3)."""
+    return cv2.cvtColor(_c(rgb), cv2.COLOR_RGB2LAB)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """uint8 OpenCV LAB (H, W, 3) -> uint8 RGB (H, W, 3)."""
+    return cv2.cvtColor(_c(lab), cv2.COLOR_LAB2RGB)
+
+
+def rgb_to_l(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> uint8 L8 plane (H, W)."""
+    return rgb_to_lab(rgb)[..., 0]
+
+
+def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    """uint8 grey (H, W) -> uint8 RGB with R = G = B."""
+    return cv2.cvtColor(_c(grey), cv2.COLOR_GRAY2RGB)
+
+
+def l_tile(l8: np.ndarray, size: int = TILE) -> np.ndarray:
+    """Squeeze an L8 plane of any shape to the model's square tile.
+
+    Squeezing (not padding) keeps every model pixel busy; training applies the
+    same squeeze to crops of random aspect ratio, so the model has seen
+    stretched content. INTER_AREA averages instead of aliasing on downscale.
+    """
+    h, w = l8.shape[:2]
+    if (h, w) == (size, size):
+        return np.ascontiguousarray(l8)
+    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
+    return cv2.resize(_c(l8), (size, size), interpolation=interp)
+
+
+def merge_l_ab(l8: np.ndarray, ab8: np.ndarray) -> np.ndarray:
+    """Full-resolution L8 (H, W) + low-resolution a8/b8 (2, h, w) uint8 -> RGB.
+
+    a/b are upsampled bilinearly to (H, W); L is the source's own, untouched,
+    so line art stays exactly as sharp as the input.
+    """
+    h, w = l8.shape[:2]
+    planes = [_c(l8)]
+    for plane in ab8:
+        if plane.shape != (h, w):
+            plane = cv2.resize(_c(plane), (w, h), interpolation=cv2.INTER_LINEAR)
+        planes.append(plane)
+    return lab_to_rgb(cv2.merge(planes))
+
+
+def grey_lab(l8: np.ndarray) -> np.ndarray:
+    """The grey baseline: L8 with a = b = 128, as uint8 LAB (H, W, 3)."""
+    lab = np.full(l8.shape[:2] + (3,), 128, np.uint8)
+    lab[..., 0] = l8
+    return lab
+
+
+def l_to_unit(l8):
+    """L8 (uint8, numpy or torch) -> float L in [0, 1], the model's input."""
+    return l8 / 255.0
+
+
+def ab8_to_units(ab8):
+    """8-bit a/b (0..255) -> LAB units centred on 0 (float)."""
+    return ab8 - AB_OFFSET
+
+
+def units_to_ab8(ab):
+    """LAB-unit a/b -> 8-bit a/b values (float, not yet rounded or clipped)."""
+    return ab + AB_OFFSET
+
+
+def chroma_share(rgb: np.ndarray, threshold: float = GREY_CHROMA) -> float:
+    """Share of pixels whose LAB chroma exceeds `threshold` (on a thumbnail)."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, 256.0 / max(h, w))
+    if scale < 1.0:
+        rgb = cv2.resize(_c(rgb), (max(1, int(w * scale)), max(1, int(h * scale))),
+                         interpolation=cv2.INTER_AREA)
+    lab = rgb_to_lab(rgb).astype(np.float32)
+    chroma = np.hypot(lab[..., 1] - AB_OFFSET, lab[..., 2] - AB_OFFSET)
+    return float((chroma > threshold).mean())
+
+
+def is_greyscale(rgb: np.ndarray) -> bool:
+    """True when a picture holds (almost) no colour: scans and JPEG noise pass."""
+    return chroma_share(rgb) < GREY_SHARE
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    # OpenCV needs C-contiguous input; views from PyAV/torch may not be.
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def ab_gamut_bins(step: int = 10) -> np.ndarray:
+    """Centres (Q, 2), in LAB units, of the step-sized a/b bins that sRGB reaches.
+
+    The grid has a centre on every multiple of `step`; a bin is kept when any
+    8-bit sRGB colour (sampled every 4 levels, at every L) falls in it. With
+    OpenCV's 8-bit LAB and step 10 that is 255 bins (Zhang et al. count 313 in
+    float CIELAB).
+    """
+    g = np.arange(0, 256, 4, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 1, 3)
+    ab = rgb_to_lab(grid).reshape(-1, 3)[:, 1:].astype(np.float32) - AB_OFFSET
+    idx = np.unique(np.floor(ab / step + 0.5).astype(np.int64), axis=0)
+    return (idx * step).astype(np.float32)

@@ -1,0 +1,344 @@
+"""Datasets and the DataLoader builder.
+
+Training/evaluation data: the Kaggle "image-colorization" arrays (memory-mapped,
+never loaded whole) and folders of colour images (RGBA cut-outs composited on a
+background). Both yield ``(l8, ab8)``: uint8 tensors (1, S, S) and (2, S, S) in
+OpenCV 8-bit LAB; conversion to floats happens on the training device.
+
+Every random choice of a training sample is drawn from a generator seeded by
+(seed, epoch, index), so a resumed run sees exactly the batches it would have
+seen, and the validation split (a hash of each file's path) never moves.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import colour
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+KAGGLE_GREY = Path("l") / "gray_scale.npy"
+KAGGLE_AB = ("ab1.npy", "ab2.npy", "ab3.npy")
+
+
+class DataError(ValueError):
+    """A data set that is missing, malformed or empty."""
+
+
+# ------------------------------------------------------------------ the split
+def split_hash(key: str) -> float:
+    """A stable number in [0, 1) per sample key: the split is decided by it alone,
+    so adding or removing files never moves another file across the split."""
+    h = hashlib.sha1(f"colourbatch-split:{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64
+
+
+def validation_keys(keys: Sequence[str], fraction: float) -> set[str]:
+    """The keys held out for validation: hash below `fraction`, at least one when
+    the fraction is positive and there are two or more samples."""
+    val = {k for k in keys if split_hash(k) < fraction}
+    if not val and fraction > 0 and len(keys) >= 2:
+        val = {min(keys, key=split_hash)}
+    return val
+
+
+# --------------------------------------------------------------------- Kaggle
+def is_kaggle_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / KAGGLE_GREY).is_file()
+
+
+def _kaggle_ab_files(root: Path) -> list[Path]:
+    for sub in (root / "ab" / "ab", root / "ab"):
+        files = [sub / n for n in KAGGLE_AB]
+        if all(f.is_file() for f in files):
+            return files
+    raise DataError(f"{root}: Kaggle layout needs ab/ab/ab1.npy..ab3.npy (or ab/ab1.npy..ab3.npy)")
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+class KaggleDataset(Dataset):
+    """The Kaggle set, memory-mapped: gray[i] pairs with concat(ab1, ab2, ab3)[i].
+
+    Only the pages of the arrays that are touched are read, so the 3.8 GB set
+    trains in a few hundred MB of RAM.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", val_fraction: float = 0.05,
+                 augment: bool = True, size: int = colour.TILE, seed: int = 0):
+        root = Path(root)
+        self.root, self.augment, self.size, self.seed = root, augment, size, seed
+        self.grey = _open_npy(root / KAGGLE_GREY)
+        if self.grey.dtype != np.uint8 or self.grey.ndim != 3:
+            raise DataError(f"{root / KAGGLE_GREY}: expected uint8 (N, H, W), got "
+                            f"{self.grey.dtype} {self.grey.shape}")
+        self.ab = [_open_npy(f) for f in _kaggle_ab_files(root)]
+        for f, a in zip(KAGGLE_AB, self.ab):
+            if a.dtype != np.uint8 or a.ndim != 4 or a.shape[1:] != self.grey.shape[1:] + (2,):
+                raise DataError(f"{root}: {f} should be uint8 (N, {self.grey.shape[1]}, "
+                                f"{self.grey.shape[2]}, 2), got {a.dtype} {a.shape}")
+        self.offsets = np.cumsum([0] + [len(a) for a in self.ab])
+        if self.offsets[-1] != len(self.grey):
+            raise DataError(f"{root}: gray_scale.npy has {len(self.grey)} images but the ab "
+                            f"arrays hold {self.offsets[-1]}: they do not pair")
+        # The last val_fraction of the set is validation: fixed, and never trained on.
+        n_val = int(round(len(self.grey) * val_fraction))
+        cut = len(self.grey) - n_val
+        self.indices = np.arange(cut) if split == "train" else np.arange(cut, len(self.grey))
+        if len(self.indices) == 0:
+            raise DataError(f"{root}: the {split} split is empty")
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def name(self, i: int) -> str:
+        return f"kaggle[{int(self.indices[i])}]"
+
+    def __getitem__(self, i: int):
+        j = int(self.indices[i])
+        k = int(np.searchsorted(self.offsets, j, side="right") - 1)
+        l8 = np.asarray(self.grey[j])
+        ab8 = np.asarray(self.ab[k][j - self.offsets[k]])
+        if self.augment and _rng(self.seed, self.epoch, i).random() < 0.5:
+            l8, ab8 = l8[:, ::-1], ab8[:, ::-1]
+        if l8.shape != (self.size, self.size):
+            l8 = colour.l_tile(l8, self.size)
+            ab8 = cv2.resize(np.ascontiguousarray(ab8), (self.size, self.size),
+                             interpolation=cv2.INTER_AREA)
+        return (torch.from_numpy(np.ascontiguousarray(l8))[None],
+                torch.from_numpy(np.ascontiguousarray(ab8)).permute(2, 0, 1).contiguous())
+
+
+# ---------------------------------------------------------------- image folders
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under `root`, recursively, in a stable order (hidden files skipped)."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def read_colour_image(path: str | os.PathLike, max_side: int = 0,
+                      background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """A colour image file -> uint8 RGB, alpha composited on `background`.
+
+    16-bit images are scaled to 8 bits; `max_side` > 0 downsizes larger images
+    (INTER_AREA) so a folder of wallpapers fits in memory.
+    """
+    buf = np.fromfile(str(path), np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise DataError(f"{path}: not a readable image")
+    rgb = to_rgb8(img, background)
+    h, w = rgb.shape[:2]
+    if max_side and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        rgb = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))),
+                         interpolation=cv2.INTER_AREA)
+    return rgb
+
+
+def to_rgb8(img: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
+    """Whatever cv2.imdecode(IMREAD_UNCHANGED) returned -> uint8 RGB (H, W, 3).
+
+    Handles grey, grey+alpha, BGR, BGRA and 16-bit/float images; alpha is
+    composited over `background` (RGB). This is the one place BGR is touched
+    on the way in.
+    """
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise DataError(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return colour.grey_to_rgb(img)
+    c = img.shape[2]
+    if c == 1:
+        return colour.grey_to_rgb(img[..., 0])
+    if c == 2:  # grey + alpha
+        rgb, alpha = colour.grey_to_rgb(img[..., 0]), img[..., 1]
+    elif c == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif c == 4:
+        rgb, alpha = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB), img[..., 3]
+    else:
+        raise DataError(f"unsupported channel count {c}")
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    bg = np.asarray(background, np.float32)
+    return (rgb.astype(np.float32) * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
+
+
+@dataclass
+class FolderImage:
+    key: str        # path relative to its data root: the split hash and reports use it
+    lab: np.ndarray  # uint8 LAB, already composited and downsized
+
+
+class ImageFolderDataset(Dataset):
+    """Colour images from folders, converted once to LAB and kept in memory.
+
+    Training: `crops` random crops per image per epoch, each of random area
+    (25-100 % of the image), aspect ratio (1:2 to 2:1, squeezed to a square
+    exactly as inference squeezes frames and pages), horizontal flip, and scale
+    jitter from the area choice. Validation: each whole image squeezed once.
+    RGBA cut-outs are composited on a random flat background per image.
+    """
+
+    def __init__(self, roots: Sequence[str | os.PathLike], split: str = "train",
+                 val_fraction: float = 0.05, size: int = colour.TILE, crops: int = 1,
+                 seed: int = 0, max_side: int = 1024, on_skip=None):
+        self.size, self.seed, self.split = size, seed, split
+        self.crops = crops if split == "train" else 1
+        self.items: list[FolderImage] = []
+        self.skipped: list[tuple[str, str]] = []
+        files: list[tuple[Path, str]] = []
+        for root in roots:
+            root = Path(root)
+            if not root.exists():
+                raise DataError(f"{root}: no such folder")
+            base = root if root.is_dir() else root.parent
+            found = [(p, f"{base.name}/{p.relative_to(base).as_posix()}") for p in list_images(root)]
+            val = validation_keys([k for _, k in found], val_fraction)
+            files += [(p, k) for p, k in found if (k in val) == (split != "train")]
+        for p, key in files:
+            bg = tuple(int(v) for v in _rng(seed, 0, _stable_int(key)).integers(0, 256, 3))
+            try:
+                rgb = read_colour_image(p, max_side, bg)
+            except (DataError, cv2.error) as exc:
+                self.skipped.append((str(p), str(exc)))
+                if on_skip:
+                    on_skip(str(p), str(exc))
+                continue
+            if min(rgb.shape[:2]) < 8:
+                self.skipped.append((str(p), "smaller than 8 pixels"))
+                continue
+            self.items.append(FolderImage(key, colour.rgb_to_lab(rgb)))
+        if not self.items:
+            raise DataError(f"{', '.join(map(str, roots))}: no readable images in the {split} split")
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.items) * self.crops
+
+    def name(self, i: int) -> str:
+        return self.items[i % len(self.items)].key
+
+    def __getitem__(self, i: int):
+        lab = self.items[i % len(self.items)].lab
+        if self.split == "train":
+            lab = self._random_crop(lab, _rng(self.seed, self.epoch, i))
+        else:
+            lab = _squeeze(lab, self.size)
+        t = torch.from_numpy(np.ascontiguousarray(lab)).permute(2, 0, 1)
+        return t[:1].contiguous(), t[1:].contiguous()
+
+    def _random_crop(self, lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = lab.shape[:2]
+        area = h * w * rng.uniform(0.25, 1.0)
+        aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+        cw = int(min(w, round(math.sqrt(area * aspect))))
+        ch = int(min(h, round(math.sqrt(area / aspect))))
+        y = int(rng.integers(0, h - ch + 1))
+        x = int(rng.integers(0, w - cw + 1))
+        crop = lab[y:y + ch, x:x + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        return _squeeze(crop, self.size)
+
+
+def _squeeze(lab: np.ndarray, size: int) -> np.ndarray:
+    h, w = lab.shape[:2]
+    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(lab), (size, size), interpolation=interp)
+
+
+def training_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: float,
+                     size: int, crops: int, seed: int, on_skip=None) -> Dataset:
+    """One Kaggle folder, or any number of image folders, as a Dataset of (l8, ab8)."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DataError("no data given")
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: no such file or folder")
+    kaggle = [p for p in paths if is_kaggle_dir(p)]
+    if kaggle:
+        if len(paths) > 1:
+            raise DataError("a Kaggle folder trains on its own; give it as the only --data")
+        return KaggleDataset(kaggle[0], split, val_fraction, augment=split == "train",
+                             size=size, seed=seed)
+    if any((p / "l").is_dir() or (p / "ab").is_dir() for p in paths):
+        raise DataError(f"{paths[0]}: looks like a Kaggle folder but lacks l/gray_scale.npy")
+    return ImageFolderDataset(paths, split, val_fraction, size, crops, seed, on_skip=on_skip)
+
+
+# ------------------------------------------------------------------- sampling
+class ResumableSampler(Sampler[int]):
+    """Seeded per-epoch permutation, sharded over ranks, that can start mid-epoch.
+
+    Position is counted in global samples (all ranks together), so a resumed
+    run on the same world size continues with exactly the next batch.
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 epoch: int = 0, offset: int = 0):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch, self.offset = epoch, offset
+
+    def order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        pad = (-self.n) % self.world  # every rank gets the same count, as DistributedSampler does
+        return torch.cat([perm, perm[:pad]]) if pad else perm
+
+    def __iter__(self) -> Iterator[int]:
+        perm = self.order(self.epoch)
+        return iter(perm[self.offset + self.rank::self.world].tolist())
+
+    def __len__(self) -> int:
+        total = self.n + (-self.n) % self.world
+        return (total - self.offset) // self.world
+
+
+def set_epoch(dataset: Dataset, epoch: int) -> None:
+    """Tell a dataset (and the sampler-driven augmentation) which epoch is running."""
+    if hasattr(dataset, "epoch"):
+        dataset.epoch = epoch
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int, sampler=None,
+                pin_memory: bool = False, collate_fn=None, drop_last: bool = False,
+                shuffle: bool = False) -> DataLoader:
+    """The DataLoader every command uses: worker prefetching, pinned memory on CUDA."""
+    kw = {}
+    if workers > 0:
+        kw.update(prefetch_factor=4, persistent_workers=False)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler,
+                      shuffle=shuffle if sampler is None else False, pin_memory=pin_memory,
+                      collate_fn=collate_fn, drop_last=drop_last, **kw)
+
+
+def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def _stable_int(key: str) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big")

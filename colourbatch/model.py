@@ -1,0 +1,226 @@
+"""Model configs and networks: the `seed` baseline and the `default` colouriser.
+
+Every network takes L as a float tensor in [0, 1], shape (B, 1, H, W), and has
+
+* ``forward(l) -> raw``: what its loss is computed on, and
+* ``decode(raw) -> ab``: a/b in LAB units (0 = neutral), shape (B, 2, h, w),
+  where (h, w) may be smaller than (H, W): callers upsample a/b to the size of
+  the picture they merge it into, once.
+
+``MODELS`` is the one table of model names; checkpoints store the name and the
+config fields, and ``build_model`` rebuilds a network from them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# --------------------------------------------------------------------------- seed
+@dataclass
+class SeedConfig:
+    """ColourMePy's autoencoder, reproduced as the baseline."""
+
+    widths: tuple = (64, 64, 32, 32)  # ColourMePy's layer widths, 3->64->64->32->32->3
+    kernels: tuple = (3, 2, 2, 1, 1)  # ColourMePy's kernel sizes, one per layer
+
+
+class SeedNet(nn.Module):
+    """L plus two zero planes in, LAB (0..255, OpenCV 8-bit) out, ReLU after every layer.
+
+    Trained with MSE on 0..255 LAB values; its "accuracy" is 1 - MSE/7500. Inputs
+    are scaled to [0, 1] (the original fed normalised pixels); 'same' padding keeps
+    the tile size as the original's Keras layers did.
+    """
+
+    def __init__(self, cfg: SeedConfig):
+        super().__init__()
+        self.cfg = cfg
+        chans = (3,) + tuple(cfg.widths) + (3,)
+        layers: list[nn.Module] = []
+        for cin, cout, k in zip(chans[:-1], chans[1:], cfg.kernels):
+            layers += [nn.Conv2d(cin, cout, k, padding="same"), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, l: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros_like(l)
+        return self.net(torch.cat([l, zeros, zeros], 1))
+
+    def decode(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        return raw[:, 1:].float() - 128.0  # a regression model has no temperature
+
+
+# ------------------------------------------------------------------------ default
+def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
+             act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class _InvertedResidual(nn.Module):
+    # Same structure and parameter names as torchvision's MobileNetV2 block, so
+    # torchvision's ImageNet weights load key for key.
+    def __init__(self, inp: int, oup: int, stride: int, expand: int):
+        super().__init__()
+        hidden = inp * expand
+        self.use_res = stride == 1 and inp == oup
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_conv_bn(inp, hidden, 1))
+        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2Encoder(nn.Module):
+    """torchvision's MobileNetV2 ``features`` (layer names kept), returning skips."""
+
+    SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+               (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+    #: feature indices whose outputs feed the decoder: strides 4, 8, 16, 32.
+    TAPS = (3, 6, 13, 18)
+    TAP_CHANNELS = (24, 32, 96, 1280)
+
+    def __init__(self):
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(3, 32, 3, 2)]
+        cin = 32
+        for t, c, n, s in self.SETTING:
+            for i in range(n):
+                layers.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(_conv_bn(cin, 1280, 1))
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        skips = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.TAPS:
+                skips.append(x)
+        return skips
+
+
+@dataclass
+class DefaultConfig:
+    """MobileNetV2 U-Net predicting a distribution over a/b bins (Zhang et al. 2016)."""
+
+    decoder: tuple = (256, 192, 128, 96)  # decoder widths at strides 32, 16, 8, 4
+    bin_step: int = 10        # a/b bin size in LAB units; the sRGB gamut then has 255 bins
+    temperature: float = 0.38  # annealed-mean T at decode: lower is livelier, higher is safer
+    imagenet_mean: tuple = (0.485, 0.456, 0.406)  # the encoder was pretrained on ImageNet RGB
+    imagenet_std: tuple = (0.229, 0.224, 0.225)   # ... with these statistics
+
+
+class DefaultNet(nn.Module):
+    """U-Net: ImageNet MobileNetV2 encoder, skip connections at strides 4-32.
+
+    Output: logits over the in-gamut a/b bins at 1/4 of the tile's resolution
+    (56x56 for a 224 tile); chroma is smooth, so predicting it coarse costs
+    nothing visible and keeps the softmax cheap. The encoder's receptive field
+    covers the whole tile, so a pixel's colour can depend on what the picture is.
+    """
+
+    def __init__(self, cfg: DefaultConfig):
+        super().__init__()
+        from .colour import ab_gamut_bins
+        self.cfg = cfg
+        self.encoder = MobileNetV2Encoder()
+        d32, d16, d8, d4 = cfg.decoder
+        c4, c8, c16, c32 = MobileNetV2Encoder.TAP_CHANNELS
+        self.lat32 = _conv_bn(c32, d32, 1, act=False)
+        self.up16 = _conv_bn(d32 + c16, d16)
+        self.up8 = _conv_bn(d16 + c8, d8)
+        self.up4 = _conv_bn(d8 + c4, d4)
+        self.refine = _conv_bn(d4, d4)
+        bins = torch.from_numpy(ab_gamut_bins(cfg.bin_step))
+        self.head = nn.Conv2d(d4, len(bins), 1)
+        # Stored in the state so a checkpoint decodes the same bins it was trained on.
+        self.register_buffer("bins", bins)
+        # Training-set bin frequencies; set by train(), used for class rebalancing.
+        self.register_buffer("prior", torch.full((len(bins),), 1.0 / len(bins)))
+        self.register_buffer("mean", torch.tensor(cfg.imagenet_mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.imagenet_std).view(1, 3, 1, 1))
+
+    def forward(self, l: torch.Tensor) -> torch.Tensor:
+        x = (l.expand(-1, 3, -1, -1) - self.mean) / self.std
+        s4, s8, s16, s32 = self.encoder(x)
+        x = F.relu(self.lat32(s32))
+        x = self.up16(torch.cat([_up(x, s16), s16], 1))
+        x = self.up8(torch.cat([_up(x, s8), s8], 1))
+        x = self.up4(torch.cat([_up(x, s4), s4], 1))
+        return self.head(self.refine(x))
+
+    def decode(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Annealed mean of the bin distribution: a/b in LAB units, (B, 2, h, w)."""
+        t = self.cfg.temperature if temperature is None else temperature
+        p = torch.softmax(raw.float() / t, 1)
+        return torch.einsum("bqhw,qc->bchw", p, self.bins)
+
+    def load_imagenet_encoder(self, state: dict[str, torch.Tensor]) -> int:
+        """Load torchvision's mobilenet_v2 ImageNet state into the encoder; returns tensors loaded."""
+        enc = {k: v for k, v in state.items() if k.startswith("features.")}
+        missing, unexpected = self.encoder.load_state_dict(enc, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"not a torchvision mobilenet_v2 state: {len(missing)} missing, "
+                             f"{len(unexpected)} unexpected keys")
+        return len(enc)
+
+
+def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+# -------------------------------------------------------------------------- table
+#: The one table of models: name -> (config class, network class).
+MODELS: dict[str, tuple[type, type]] = {
+    "seed": (SeedConfig, SeedNet),
+    "default": (DefaultConfig, DefaultNet),
+}
+
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """A fresh network from a table name and config fields (unknown fields refused)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    cfg_cls, net_cls = MODELS[name]
+    config = dict(config or {})
+    known = {f.name for f in fields(cfg_cls)}
+    extra = set(config) - known
+    if extra:
+        raise ValueError(f"config fields {sorted(extra)} do not belong to model {name!r}")
+    # JSON-ish storage turns tuples into lists; dataclass fields stay tuples.
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    return net_cls(cfg_cls(**config))
+
+
+def model_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
+    """The (name, config fields) that rebuild `model` with build_model."""
+    for name, (cfg_cls, net_cls) in MODELS.items():
+        if type(model) is net_cls:
+            return name, {k: list(v) if isinstance(v, tuple) else v
+                          for k, v in asdict(model.cfg).items()}
+    raise ValueError(f"{type(model).__name__} is not in the model table")
+
+
+def predict_ab8(model: nn.Module, l8: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+    """uint8 L tiles (B, 1, S, S) on the model's device -> uint8 a/b (B, 2, h, w).
+
+    The whole batch stays on the device; the caller moves the small uint8
+    result to the host once per batch (no per-frame sync).
+    """
+    l = l8.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    raw = model(l)
+    ab = model.decode(raw, temperature) if temperature is not None else model.decode(raw)
+    return ab.float().add_(128.0).round_().clamp_(0, 255).to(torch.uint8)
