@@ -72,7 +72,47 @@ def merge_l_ab(l8: np.ndarray, ab8: np.ndarray) -> np.ndarray:
         if plane.shape != (h, w):
             plane = cv2.resize(_c(plane), (w, h), interpolation=cv2.INTER_LINEAR)
         planes.append(plane)
-    return lab_to_rgb(cv2.merge(planes))
+    lab = cv2.merge(planes)
+    rgb = lab_to_rgb(lab)
+    _keep_lightness(lab, rgb)
+    return rgb
+
+
+#: Chroma factors tried, in order, for pixels whose colour sRGB cannot show at their L.
+_CHROMA_STEPS = (0.7, 0.45, 0.2, 0.0)
+
+
+def _keep_lightness(lab: np.ndarray, rgb: np.ndarray) -> None:
+    """Where a predicted colour is outside sRGB at its lightness, shrink its chroma.
+
+    LAB->RGB clips such colours channel by channel, which changes lightness (a
+    saturated tint on white paper comes out darker). The picture's L must stay
+    the source's, so those pixels get the largest chroma (of a few steps) that
+    keeps L within rounding. Only pixels touching 0 or 255 can have clipped,
+    so the check runs on that subset. Modifies `rgb` in place.
+    """
+    inside = cv2.inRange(rgb, (1, 1, 1), (254, 254, 254))  # numpy's max(-1) is 70x slower
+    if cv2.countNonZero(inside) == inside.size:
+        return
+    idx = np.nonzero(inside == 0)
+    sub_lab, sub_rgb = lab[idx], rgb[idx]
+    bad = np.abs(_l_of(sub_rgb) - sub_lab[:, 0].astype(np.int16)) > 1
+    for s in _CHROMA_STEPS:
+        if not bad.any():
+            break
+        rows = np.nonzero(bad)[0]
+        fix = sub_lab[rows].astype(np.float32)
+        fix[:, 1:] = AB_OFFSET + (fix[:, 1:] - AB_OFFSET) * s
+        fix = np.round(fix).astype(np.uint8)
+        new = lab_to_rgb(fix[None])[0]  # one long row: OpenCV works per row
+        ok = (np.abs(_l_of(new) - fix[:, 0].astype(np.int16)) <= 1) | (s == 0.0)
+        sub_rgb[rows[ok]] = new[ok]
+        bad[rows[ok]] = False
+    rgb[idx] = sub_rgb
+
+
+def _l_of(rgb_rows: np.ndarray) -> np.ndarray:
+    return rgb_to_lab(rgb_rows[None])[0, :, 0].astype(np.int16)
 
 
 def grey_lab(l8: np.ndarray) -> np.ndarray:

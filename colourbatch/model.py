@@ -43,12 +43,19 @@ class SeedNet(nn.Module):
         chans = (3,) + tuple(cfg.widths) + (3,)
         layers: list[nn.Module] = []
         for cin, cout, k in zip(chans[:-1], chans[1:], cfg.kernels):
-            layers += [nn.Conv2d(cin, cout, k, padding="same"), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(cin, cout, k, padding=(k - 1) // 2), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, l: torch.Tensor) -> torch.Tensor:
         zeros = torch.zeros_like(l)
-        return self.net(torch.cat([l, zeros, zeros], 1))
+        x = torch.cat([l, zeros, zeros], 1)
+        for layer in self.net:
+            if isinstance(layer, nn.Conv2d) and layer.kernel_size[0] % 2 == 0:
+                # Keras 'same' for an even kernel pads one extra row/column at the
+                # bottom/right; done here explicitly so no padded copy is hidden in the conv.
+                x = F.pad(x, (0, layer.kernel_size[1] - 1, 0, layer.kernel_size[0] - 1))
+            x = layer(x)
+        return x
 
     def decode(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         return raw[:, 1:].float() - 128.0  # a regression model has no temperature

@@ -1,0 +1,68 @@
+"""colour.py: the LAB encoding the Kaggle set uses, and merging a/b with L."""
+import cv2
+import numpy as np
+
+from colourbatch import colour
+
+
+def test_lab_encoding_matches_opencv_8bit_convention():
+    rgb = np.array([[[255, 255, 255], [0, 0, 0], [128, 128, 128], [255, 0, 0]]], np.uint8)
+    lab = colour.rgb_to_lab(rgb)
+    assert lab[0, 0].tolist() == [255, 128, 128]          # white: L=100 -> 255, a=b=0 -> 128
+    assert lab[0, 1].tolist() == [0, 128, 128]
+    assert abs(int(lab[0, 2, 0]) - round(53.6 * 255 / 100)) <= 1  # mid-grey L* ~ 53.6
+    assert lab[0, 3, 1] > 128 + 60 and lab[0, 3, 2] > 128 + 50   # red: a, b strongly positive
+    back = colour.lab_to_rgb(lab)
+    assert np.abs(back.astype(int) - rgb).max() <= 2
+    assert colour.L_SCALE == 2.55 and colour.AB_OFFSET == 128
+
+
+def test_merge_keeps_full_resolution_l():
+    rng = np.random.default_rng(0)
+    l8 = rng.integers(20, 235, (123, 77)).astype(np.uint8)
+    ab = np.full((2, 56, 56), 128, np.uint8)
+    ab[0] += 12
+    ab[1] -= 9
+    rgb = colour.merge_l_ab(l8, ab)
+    assert rgb.shape == (123, 77, 3)
+    assert np.abs(colour.rgb_to_l(rgb).astype(int) - l8).mean() < 0.6
+    lab = colour.rgb_to_lab(rgb)
+    assert abs(lab[..., 1].mean() - 140) < 3 and abs(lab[..., 2].mean() - 119) < 3
+
+
+def test_out_of_gamut_colour_does_not_change_lightness():
+    # A strong tint on white paper cannot be shown in sRGB; L must stay the paper's.
+    l8 = np.full((32, 32), 250, np.uint8)
+    l8[8:24, 8:24] = 10
+    ab = np.stack([np.full((8, 8), 200, np.uint8), np.full((8, 8), 40, np.uint8)])
+    rgb = colour.merge_l_ab(l8, ab)
+    err = np.abs(colour.rgb_to_l(rgb).astype(int) - l8)
+    assert err.max() <= 1
+    plain = colour.lab_to_rgb(cv2.merge([l8, cv2.resize(ab[0], (32, 32)), cv2.resize(ab[1], (32, 32))]))
+    assert np.abs(colour.rgb_to_l(plain).astype(int) - l8).max() > 5  # what clipping alone does
+
+
+def test_tile_squeezes_any_aspect():
+    l8 = np.zeros((1000, 300), np.uint8)
+    l8[:500] = 200
+    tile = colour.l_tile(l8)
+    assert tile.shape == (224, 224)
+    assert tile[:100].mean() > 190 and tile[130:].mean() < 10
+    assert colour.l_tile(np.full((5, 9), 7, np.uint8)).shape == (224, 224)
+
+
+def test_greyscale_detection():
+    grey = colour.grey_to_rgb(np.random.default_rng(1).integers(0, 255, (64, 64)).astype(np.uint8))
+    assert colour.is_greyscale(grey)
+    noisy = np.clip(grey.astype(int) + np.random.default_rng(2).integers(-2, 3, grey.shape), 0, 255)
+    assert colour.is_greyscale(noisy.astype(np.uint8))  # scan / JPEG noise is not colour
+    red = grey.copy()
+    red[:10, :10] = (200, 30, 30)
+    assert not colour.is_greyscale(red)
+
+
+def test_gamut_bins():
+    bins = colour.ab_gamut_bins(10)
+    assert bins.shape == (255, 2)
+    assert (bins % 10 == 0).all()
+    assert [0, 0] in bins.tolist()
