@@ -112,8 +112,10 @@ class KaggleDataset(Dataset):
     def __getitem__(self, i: int):
         j = int(self.indices[i])
         k = int(np.searchsorted(self.offsets, j, side="right") - 1)
-        l8 = np.asarray(self.grey[j])
-        ab8 = np.asarray(self.ab[k][j - self.offsets[k]])
+        # np.array copies the one picture out of the read-only memmap: a tensor aliasing
+        # the map is unwritable (torch warns of undefined behaviour) and pins its pages.
+        l8 = np.array(self.grey[j])
+        ab8 = np.array(self.ab[k][j - self.offsets[k]])
         if self.augment and _rng(self.seed, self.epoch, i).random() < 0.5:
             l8, ab8 = l8[:, ::-1], ab8[:, ::-1]
         if l8.shape != (self.size, self.size):

@@ -207,6 +207,10 @@ def _train(cfg, emit, device, rank, world, main):
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     scaler = grad_scaler(device, dtype)
     global_batch = cfg.batch_size * world
+    if len(train_set) < global_batch:
+        # drop_last would yield no batch at all and the loop below would never end.
+        raise TrainError(f"the training split has {len(train_set)} samples, fewer than one batch "
+                         f"of {global_batch}; lower --batch-size or add data")
     if cfg.steps:
         total = int(cfg.steps)
     else:
@@ -245,7 +249,8 @@ def _train(cfg, emit, device, rank, world, main):
     stopped_early = False
     model.train()
     while step < total:
-        epoch, offset = divmod(seen, len(train_set) + (-len(train_set)) % world)
+        epoch_len = len(train_set) + (-len(train_set)) % world
+        epoch, offset = divmod(seen, epoch_len)
         set_epoch(train_set, epoch)
         sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, epoch, offset)
         loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler=sampler,
@@ -268,6 +273,11 @@ def _train(cfg, emit, device, rank, world, main):
             seen += global_batch
             over_time = (cfg.max_minutes is not None
                          and (time.monotonic() - t0) / 60.0 >= cfg.max_minutes)
+            if cfg.max_minutes is not None and world > 1:
+                # Ranks' clocks differ: all must stop on the same step or the others hang.
+                flag = torch.tensor([float(over_time)], device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                over_time = bool(flag.item())
             last = step >= total or over_time
             if step % cfg.log_every == 0 or last:
                 now = time.monotonic()
@@ -293,6 +303,11 @@ def _train(cfg, emit, device, rank, world, main):
                 break
         if stopped_early:
             break
+        if step < total:
+            # The epoch ran out; drop_last left fewer than a batch of it unused. Start the
+            # next epoch at its beginning, or divmod above would land on that remainder again
+            # and loop forever on an empty loader.
+            seen = (epoch + 1) * epoch_len
         if world > 1:
             torch.distributed.barrier()
     result = {"step": step, "total": total, "metrics": metrics, "weights": str(out),

@@ -1,0 +1,53 @@
+"""Model speed at 224x224 on this machine: images/s for each shipped model,
+fp32 and bf16 autocast, batch 32, channels_last, inference only.
+
+    python benchmarks/models.py [--batch 32] [--repeats 5] [--threads N]
+
+Prints a table; numbers are medians of `repeats` timed batches after one
+warm-up, all measured in this one run so the ratios between rows hold even on
+a noisy shared machine.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+from colourbatch import checkpoint
+from colourbatch.device import autocast, prepare_model, set_cpu_threads
+from colourbatch.model import predict_ab8
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--weights", nargs="*", default=[str(checkpoint.WEIGHTS_DIR / "default.pt"),
+                                                     str(checkpoint.WEIGHTS_DIR / "seed.pt")])
+    args = ap.parse_args()
+    threads = set_cpu_threads(args.threads)
+    cpu = torch.device("cpu")
+    x = torch.randint(0, 256, (args.batch, 1, 224, 224), dtype=torch.uint8)
+    print(f"CPU, {threads} threads, batch {args.batch}, 224x224, median of {args.repeats}")
+    print(f"{'model':10} {'params':>8} {'fp32 img/s':>11} {'bf16 img/s':>11}")
+    for path in args.weights:
+        model, _ = checkpoint.load(path)
+        name = checkpoint.model_config(model)[0]
+        model = prepare_model(model, cpu).eval()
+        row = []
+        for dtype in (torch.float32, torch.bfloat16):
+            times = []
+            with torch.inference_mode(), autocast(cpu, dtype):
+                predict_ab8(model, x)
+                for _ in range(args.repeats):
+                    t = time.perf_counter()
+                    predict_ab8(model, x)
+                    times.append(time.perf_counter() - t)
+            row.append(args.batch / statistics.median(times))
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{name:10} {params / 1e6:7.2f}M {row[0]:11.1f} {row[1]:11.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Data sets: the Kaggle layout (both ab layouts, bad folders), image folders, the split, the sampler."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from colourbatch import colour
+from colourbatch.data import (DataError, ImageFolderDataset, KaggleDataset, ResumableSampler,
+                              training_dataset)
+
+
+# ------------------------------------------------------------------ Kaggle
+def test_kaggle_both_layouts_read_the_same_pairs(make_kaggle):
+    nested = make_kaggle("nested", nested=True)
+    flat = make_kaggle("flat", nested=False)
+    a = KaggleDataset(nested, "train", 0.1, augment=False, size=32)
+    b = KaggleDataset(flat, "train", 0.1, augment=False, size=32)
+    assert len(a) == len(b) == 27  # 30 pictures, the last 3 (10 %) held out
+    assert isinstance(a.grey, np.memmap)  # memory-mapped, never loaded whole
+    for i in (0, 11, 12, 23, 24, 26):  # both sides of each ab1/ab2/ab3 boundary
+        la, aba = a[i]
+        lb, abb = b[i]
+        assert la.shape == (1, 32, 32) and aba.shape == (2, 32, 32)
+        assert la.dtype == torch.uint8 and aba.dtype == torch.uint8
+        assert torch.equal(la, lb) and torch.equal(aba, abb)
+    # Item 12 is ab2.npy's first picture: L and a/b must come from the same picture.
+    grey = np.load(nested / "l" / "gray_scale.npy")
+    ab2 = np.load(nested / "ab" / "ab" / "ab2.npy")
+    l12, ab12 = a[12]
+    assert np.array_equal(l12[0].numpy(), grey[12])
+    assert np.array_equal(ab12.permute(1, 2, 0).numpy(), ab2[0])
+
+
+def test_kaggle_split_is_the_fixed_tail(kaggle_dir):
+    train = KaggleDataset(kaggle_dir, "train", 0.1, augment=False, size=32)
+    val = KaggleDataset(kaggle_dir, "val", 0.1, augment=False, size=32)
+    assert list(val.indices) == [27, 28, 29]
+    assert set(train.indices).isdisjoint(val.indices)
+    assert len(train) + len(val) == 30
+
+
+def test_kaggle_any_picture_size_is_squeezed_to_the_tile(make_kaggle):
+    root = make_kaggle("big", counts=(3, 2, 1), size=48)
+    ds = training_dataset([root], "train", 0.2, size=32, crops=1, seed=0)
+    l8, ab8 = ds[0]
+    assert l8.shape == (1, 32, 32) and ab8.shape == (2, 32, 32)
+
+
+def test_kaggle_augment_flip_is_seeded_per_epoch_and_index(kaggle_dir):
+    ds = KaggleDataset(kaggle_dir, "train", 0.1, augment=True, size=32, seed=3)
+    plain = KaggleDataset(kaggle_dir, "train", 0.1, augment=False, size=32)
+    flips = []
+    for i in range(len(ds)):
+        l_aug, _ = ds[i]
+        assert torch.equal(l_aug, ds[i][0])  # the same (seed, epoch, index) -> the same sample
+        l_plain, _ = plain[i]
+        flips.append(torch.equal(l_aug, l_plain.flip(-1)) and not torch.equal(l_aug, l_plain))
+    assert 3 <= sum(flips) <= len(ds) - 3  # about half are mirrored
+
+
+def _npy(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, arr)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing_ab3", "needs ab/ab/ab1.npy"),
+    ("counts", "do not pair"),
+    ("grey_dtype", "expected uint8 (N, H, W)"),
+    ("grey_ndim", "expected uint8 (N, H, W)"),
+    ("ab_channels", "should be uint8 (N, 32, 32, 2)"),
+    ("ab_size", "should be uint8 (N, 32, 32, 2)"),
+    ("ab_dtype", "should be uint8"),
+    ("not_npy", "not a readable .npy array"),
+    ("truncated", "not a readable .npy array"),
+    ("no_grey", "lacks l/gray_scale.npy"),
+])
+def test_bad_kaggle_folders_are_refused_clearly(make_kaggle, damage, message):
+    root = make_kaggle("bad")
+    ab = root / "ab" / "ab"
+    if damage == "missing_ab3":
+        (ab / "ab3.npy").unlink()
+    elif damage == "counts":
+        _npy(ab / "ab3.npy", np.zeros((5, 32, 32, 2), np.uint8))
+    elif damage == "grey_dtype":
+        _npy(root / "l" / "gray_scale.npy", np.zeros((30, 32, 32), np.float32))
+    elif damage == "grey_ndim":
+        _npy(root / "l" / "gray_scale.npy", np.zeros((30, 32 * 32), np.uint8))
+    elif damage == "ab_channels":
+        _npy(ab / "ab1.npy", np.zeros((12, 32, 32, 3), np.uint8))
+    elif damage == "ab_size":
+        _npy(ab / "ab2.npy", np.zeros((12, 16, 16, 2), np.uint8))
+    elif damage == "ab_dtype":
+        _npy(ab / "ab1.npy", np.zeros((12, 32, 32, 2), np.int16))
+    elif damage == "not_npy":
+        (ab / "ab2.npy").write_bytes(b"garbage, not numpy")
+    elif damage == "truncated":
+        data = (ab / "ab1.npy").read_bytes()
+        (ab / "ab1.npy").write_bytes(data[:len(data) // 2])
+    elif damage == "no_grey":
+        (root / "l" / "gray_scale.npy").unlink()
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        training_dataset([root], "train", 0.1, 32, 1, 0)
+
+
+def test_kaggle_folder_must_train_alone(kaggle_dir, image_folder):
+    with pytest.raises(DataError, match="trains on its own"):
+        training_dataset([kaggle_dir, image_folder], "train", 0.1, 32, 1, 0)
+
+
+# ------------------------------------------------------------ image folders
+def test_image_folder_reads_png_jpeg_rgba_and_counts_the_unreadable(image_folder):
+    skips = []
+    ds = ImageFolderDataset([image_folder], "train", val_fraction=0.0, size=32, crops=2,
+                            on_skip=lambda p, why: skips.append((p, why)))
+    keys = sorted(it.key for it in ds.items)
+    assert len(ds.items) == 11 and len(ds) == 22  # 10 photos + the cut-out, 2 crops each
+    assert "photos/sub/img1.png" in keys and "photos/img0.jpg" in keys and "photos/cutout.png" in keys
+    assert len(ds.skipped) == 1 and ds.skipped[0][0].endswith("broken.png")
+    assert len(skips) == 1 and "not a readable image" in skips[0][1]
+    cut = next(it for it in ds.items if it.key == "photos/cutout.png").lab
+    corners = {tuple(cut[y, x]) for y, x in ((0, 0), (0, 39), (39, 0), (39, 39))}
+    assert len(corners) == 1  # transparency became one flat background colour
+    assert cut[20, 20, 1] > 170  # the opaque red square stays red (a8 = 128 + a)
+    l8, ab8 = ds[3]
+    assert l8.shape == (1, 32, 32) and ab8.shape == (2, 32, 32)
+
+
+def test_image_folder_split_is_stable_and_disjoint(image_folder):
+    train = ImageFolderDataset([image_folder], "train", 0.3, size=32)
+    val = ImageFolderDataset([image_folder], "val", 0.3, size=32)
+    tk, vk = {i.key for i in train.items}, {i.key for i in val.items}
+    assert tk.isdisjoint(vk) and len(tk | vk) == 11 and vk
+    # A new file never moves an old one across the split.
+    extra = image_folder / "zz_new.png"
+    extra.write_bytes((image_folder / "img2.png").read_bytes())
+    val2 = ImageFolderDataset([image_folder], "val", 0.3, size=32)
+    assert {i.key for i in val2.items} - {"photos/zz_new.png"} == vk
+
+
+def test_empty_or_missing_image_folder_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no readable images"):
+        training_dataset([tmp_path / "empty"], "train", 0.1, 32, 1, 0)
+    with pytest.raises(DataError, match="no such file or folder"):
+        training_dataset([tmp_path / "nope"], "train", 0.1, 32, 1, 0)
+
+
+def test_training_crops_are_reproducible(image_folder):
+    a = ImageFolderDataset([image_folder], "train", 0.0, size=32, crops=2, seed=5)
+    b = ImageFolderDataset([image_folder], "train", 0.0, size=32, crops=2, seed=5)
+    assert torch.equal(a[7][1], b[7][1])
+    a.epoch = 1
+    assert not torch.equal(a[7][1], b[7][1])  # a new epoch draws new crops
+
+
+# ----------------------------------------------------------------- sampler
+def test_sampler_resumes_mid_epoch_with_the_same_order():
+    full = list(ResumableSampler(27, seed=4, epoch=2))
+    assert sorted(full) == list(range(27))
+    assert list(ResumableSampler(27, seed=4, epoch=2, offset=16)) == full[16:]
+    assert list(ResumableSampler(27, seed=4, epoch=3)) != full
+
+
+def test_sampler_shards_ranks_evenly_and_disjointly():
+    r0 = list(ResumableSampler(27, seed=1, rank=0, world=2))
+    r1 = list(ResumableSampler(27, seed=1, rank=1, world=2))
+    assert len(r0) == len(r1) == 14  # padded to 28 as DistributedSampler does
+    assert set(r0) | set(r1) == set(range(27))
+    assert list(ResumableSampler(27, seed=1, rank=1, world=2, offset=8)) == r1[4:]

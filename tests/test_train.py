@@ -1,0 +1,208 @@
+"""train(): loss goes down, files come out, resume is exact, bad resumes are refused."""
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from colourbatch import checkpoint
+from colourbatch.train import TrainConfig, TrainError, train
+
+
+def _cfg(data, out, **kw) -> TrainConfig:
+    """A tiny, deterministic CPU run: fp32, one thread, no workers, no warm-up."""
+    base = dict(data=tuple(str(d) for d in data), out=str(out), model="seed", steps=20, batch_size=8,
+                lr=3e-2, warmup=0, size=32, crops=2, val_fraction=0.1, val_every=1000, val_images=8,
+                ckpt_every=1000, log_every=1, workers=0, device="cpu", precision="fp32", threads=1,
+                init_encoder="none")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class _Events:
+    def __init__(self, stop_at_checkpoint: int | None = None):
+        self.events: list[tuple[str, dict]] = []
+        self.stop_at = stop_at_checkpoint
+
+    def __call__(self, kind, info):
+        self.events.append((kind, info))
+        if kind == "checkpoint" and info["step"] == self.stop_at:
+            raise _Stop()
+
+    def of(self, kind):
+        return [info for k, info in self.events if k == kind]
+
+    def losses(self) -> dict[int, float]:
+        return {i["step"]: i["loss"] for i in self.of("step")}
+
+
+class _Stop(Exception):
+    """Stands in for Ctrl-C right after a checkpoint."""
+
+
+@contextmanager
+def _deadline(seconds: int):
+    # A regression here used to loop forever: fail instead of hanging the suite.
+    def boom(*_):
+        raise TimeoutError(f"training did not finish within {seconds} s")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def test_seed_training_lowers_the_loss_and_writes_both_files(kaggle_dir, tmp_path):
+    ev = _Events()
+    out = tmp_path / "w" / "seed.pt"
+    with _deadline(120):
+        result = train(_cfg([kaggle_dir], out), ev)
+    losses = [ev.losses()[s] for s in range(1, 21)]
+    assert _mean(losses[-3:]) < 0.3 * _mean(losses[:2]), losses
+    start = ev.of("start")[0]
+    assert start["train_images"] == 27 and start["val_images"] == 3 and start["start_step"] == 0
+    assert result["step"] == 20 and not result["stopped_early"]
+    # The weights file: fp16 storage, no training state, describes itself.
+    blob = checkpoint.read(out)
+    assert blob["model"] == "seed" and "train" not in blob
+    assert all(v.dtype == torch.float16 for v in blob["state"].values() if v.is_floating_point())
+    model, meta = checkpoint.load(out, expect_model="seed")
+    assert meta["steps"] == 20 and meta["images_seen"] >= 20 * 8
+    assert meta["train_config"]["val_fraction"] == 0.1
+    # The final validation ran on all 3 held-out pictures and was recorded.
+    final = ev.of("eval")[-1]
+    assert final["images"] == 3 and meta["val_metrics"]["auc"] == pytest.approx(final["auc"])
+    ck = checkpoint.read(str(out) + ".ckpt")
+    assert ck["train"]["step"] == 20 and "optimizer" in ck["train"]
+
+
+def test_flat_kaggle_layout_trains_too(make_kaggle, tmp_path):
+    flat = make_kaggle("flat", nested=False)
+    ev = _Events()
+    with _deadline(120):
+        train(_cfg([flat], tmp_path / "f.pt", steps=6), ev)
+    assert len(ev.of("step")) == 6 and (tmp_path / "f.pt").is_file()
+
+
+def test_training_runs_across_epochs_whose_tail_is_smaller_than_a_batch(kaggle_dir, tmp_path):
+    # 27 training samples, batch 8: each epoch leaves 3 unused; 10 steps span 4 epochs.
+    ev = _Events()
+    with _deadline(60):
+        result = train(_cfg([kaggle_dir], tmp_path / "e.pt", steps=10), ev)
+    assert result["step"] == 10 and [i["step"] for i in ev.of("step")] == list(range(1, 11))
+
+
+def test_default_model_short_run_lowers_the_loss(kaggle_dir, tmp_path):
+    ev = _Events()
+    out = tmp_path / "default.pt"
+    with _deadline(180):
+        train(_cfg([kaggle_dir], out, model="default", steps=12, lr=3e-3), ev)
+    losses = [ev.losses()[s] for s in range(1, 13)]
+    assert _mean(losses[-3:]) < 0.85 * _mean(losses[:2]), losses
+    model, meta = checkpoint.load(out, expect_model="default")
+    assert meta["encoder_init"] == "random"
+    # The bin prior was estimated from the data: no longer uniform, still a distribution.
+    assert model.prior.sum().item() == pytest.approx(1.0, abs=1e-3)
+    assert model.prior.max().item() > 5.0 / len(model.prior)
+
+
+def test_image_folder_training_counts_the_unreadable_file(image_folder, tmp_path):
+    ev = _Events()
+    with _deadline(120):
+        train(_cfg([image_folder], tmp_path / "img.pt", steps=4, batch_size=4), ev)
+    skips = ev.of("skip")
+    assert [s["path"].endswith("broken.png") for s in skips] == [True]
+    start = ev.of("start")[0]
+    assert start["train_images"] + 0 == 2 * (11 - start["val_images"])  # 2 crops per training picture
+
+
+def test_resume_continues_with_the_same_step_and_batches(kaggle_dir, tmp_path):
+    # 27 samples, batch 8 -> 3 steps per epoch: the stop at step 4 is mid-epoch 1.
+    kw = dict(steps=8, ckpt_every=4, lr=1e-2)
+    whole = _Events()
+    with _deadline(120):
+        train(_cfg([kaggle_dir], tmp_path / "a.pt", **kw), whole)
+
+    first = _Events(stop_at_checkpoint=4)
+    with _deadline(120), pytest.raises(_Stop):
+        train(_cfg([kaggle_dir], tmp_path / "b.pt", **kw), first)
+    ck = tmp_path / "b.pt.ckpt"
+    assert checkpoint.read(ck)["train"]["step"] == 4
+
+    second = _Events()
+    with _deadline(120):
+        train(_cfg([kaggle_dir], tmp_path / "b.pt", resume=str(ck), **kw), second)
+    assert second.of("start")[0]["start_step"] == 4
+    assert [i["step"] for i in second.of("step")] == [5, 6, 7, 8]
+    # Same weights, same optimizer state and the same next batches -> the very same losses.
+    a, b = whole.losses(), second.losses()
+    for s in (5, 6, 7, 8):
+        assert b[s] == pytest.approx(a[s], rel=1e-5), (s, a, b)
+    # And they are not trivially equal: the loss moved over those steps.
+    assert len({round(a[s], 3) for s in (5, 6, 7, 8)}) == 4
+    wa = checkpoint.read(tmp_path / "a.pt.ckpt")["state"]
+    wb = checkpoint.read(ck)["state"]
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_resume_with_a_different_model_is_refused(kaggle_dir, tmp_path):
+    with _deadline(60):
+        train(_cfg([kaggle_dir], tmp_path / "s.pt", steps=2), None)
+    with pytest.raises(TrainError, match="is a 'seed' checkpoint, not 'default'"):
+        train(_cfg([kaggle_dir], tmp_path / "d.pt", model="default", resume=str(tmp_path / "s.pt.ckpt")))
+    # The weights-only file has no training state to continue.
+    with pytest.raises(TrainError, match="holds weights only"):
+        train(_cfg([kaggle_dir], tmp_path / "s2.pt", resume=str(tmp_path / "s.pt")))
+    # Loading the seed file as a default model is refused by the checkpoint layer too.
+    with pytest.raises(checkpoint.CheckpointError, match="holds model 'seed', not 'default'"):
+        checkpoint.load(tmp_path / "s.pt", expect_model="default")
+
+
+def test_corrupt_or_missing_resume_file_is_a_clear_error(kaggle_dir, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00not a torch file" * 10)
+    with pytest.raises(TrainError, match="not a readable weights file"):
+        train(_cfg([kaggle_dir], tmp_path / "x.pt", resume=str(bad)))
+    with pytest.raises(TrainError, match="weights file not found"):
+        train(_cfg([kaggle_dir], tmp_path / "x.pt", resume=str(tmp_path / "missing.ckpt")))
+    torch.save({"format": "something-else"}, tmp_path / "other.ckpt")
+    with pytest.raises(TrainError, match="not a colourbatch weights file"):
+        train(_cfg([kaggle_dir], tmp_path / "x.pt", resume=str(tmp_path / "other.ckpt")))
+    assert not (tmp_path / "x.pt").exists()  # refused before any training
+
+
+def test_bad_runs_are_refused_before_training(kaggle_dir, tmp_path):
+    with pytest.raises(TrainError, match="unknown model 'zhang'"):
+        train(_cfg([kaggle_dir], tmp_path / "x.pt", model="zhang"))
+    with pytest.raises(TrainError, match="fewer than one batch of 64"):
+        train(_cfg([kaggle_dir], tmp_path / "x.pt", batch_size=64))
+    with pytest.raises(TrainError, match="cannot initialise the encoder"):
+        train(_cfg([kaggle_dir], tmp_path / "x.pt", model="default",
+                   init_encoder=str(tmp_path / "no-such.pth")))
+    (tmp_path / "k2" / "l").mkdir(parents=True)
+    with pytest.raises(TrainError, match="lacks l/gray_scale.npy"):
+        train(_cfg([tmp_path / "k2"], tmp_path / "x.pt"))
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(kaggle_dir, tmp_path, monkeypatch):
+    out = tmp_path / "keep.pt"
+    with _deadline(60):
+        train(_cfg([kaggle_dir], out, steps=2), None)
+    before = (tmp_path / "keep.pt.ckpt").read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with _deadline(60), pytest.raises(OSError, match="No space left"):
+        train(_cfg([kaggle_dir], out, steps=4, resume=str(tmp_path / "keep.pt.ckpt")), None)
+    assert (tmp_path / "keep.pt.ckpt").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
