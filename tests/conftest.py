@@ -186,3 +186,22 @@ def make_clip(tmp_path):
     def make(name="clip.mp4", **kw):
         return _write_clip(tmp_path / name, **kw)
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_tinted_weights(tmp_path_factory):
+    """Like tinted_weights (constant a=168, b=88) but 4 channels wide: video tests push
+    hundreds of frames through it, and the full-width seed net costs ~50 ms a tile."""
+    import torch
+
+    from colourbatch import checkpoint
+    from colourbatch.model import build_model
+
+    model = build_model("seed", {"widths": [4, 4, 4, 4]})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.net[-2].bias.copy_(torch.tensor([128.0, 168.0, 88.0]))
+    path = tmp_path_factory.mktemp("weights") / "tiny_tinted.pt"
+    checkpoint.save(path, model, {"note": "constant colour, tiny, for video tests"})
+    return path

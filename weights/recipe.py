@@ -2,6 +2,7 @@
 
     python weights/recipe.py default   # -> weights/default.pt (+ .ckpt, not shipped)
     python weights/recipe.py seed      # -> weights/seed.pt
+    python weights/recipe.py finalize T  # set the default's temperature, write SHA256SUMS
 
 Equivalent CLI: colourbatch train --data ../shared/data/photos --data
 ../shared/data/cutouts --data ../shared/data/animation --model MODEL
@@ -20,6 +21,21 @@ from colourbatch.train import TrainConfig, train
 
 DATA = Path("../shared/data")
 name = sys.argv[1] if len(sys.argv) > 1 else "default"
+if name == "finalize":
+    # python weights/recipe.py finalize T: set the default model's decoding temperature
+    # (chosen on the cutouts/animation validation images, see weights/README.md), then
+    # record every shipped file's hash in weights/SHA256SUMS.
+    from colourbatch import checkpoint
+
+    blob = checkpoint.read("weights/default.pt")
+    blob["config"]["temperature"] = float(sys.argv[2])
+    blob["metadata"]["temperature_chosen_on"] = "val split of cutouts/ and animation/ (not photos/)"
+    model = checkpoint.model_from_blob(blob, "weights/default.pt")
+    checkpoint.save("weights/default.pt", model, blob["metadata"], half=True)
+    lines = [f"{file_sha256(f'weights/{n}.pt')}  {n}.pt" for n in ("default", "seed")]
+    Path("weights/SHA256SUMS").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    sys.exit(0)
 cfg = TrainConfig(
     data=(str(DATA / "photos"), str(DATA / "cutouts"), str(DATA / "animation")),
     out=f"weights/{name}.pt", checkpoint=f"weights/{name}.pt.ckpt", model=name,

@@ -1,0 +1,97 @@
+"""`colourbatch video` through click's CliRunner: exit codes together with what the user reads."""
+import av
+import pytest
+from click.testing import CliRunner
+
+from colourbatch.cli import cli
+
+
+@pytest.fixture
+def invoke(tiny_tinted_weights):
+    def call(*args):
+        runner = CliRunner()
+        return runner.invoke(cli, ["video", *map(str, args), "--weights", str(tiny_tinted_weights),
+                                   "--workers", "0", "--batch-size", "4"])
+    return call
+
+
+def test_default_output_beside_input_with_summary(make_clip, invoke):
+    clip = make_clip("film.mp4", frames=6, audio="aac")
+    res = invoke(clip)
+    assert res.exit_code == 0, res.output
+    out = clip.with_name("film.colour.mp4")
+    assert out.exists() and "colourbatch video" in res.stdout and "6/6" in res.stdout
+    assert "frames/s" in res.stdout and "greyscale input" in res.stdout
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].frames == 6 and len(c.streams.audio) == 1
+
+
+def test_folder_of_films_into_output_folder(tmp_path, make_clip, invoke):
+    make_clip("a.mp4", frames=4)
+    make_clip("b.mkv", frames=4, audio="aac")
+    (tmp_path / "notes.txt").write_text("not a film")
+    out = tmp_path.parent / (tmp_path.name + "-out")
+    res = invoke(tmp_path, "-o", out, "--quiet")
+    assert res.exit_code == 0, (res.output, res.stderr)
+    assert sorted(p.name for p in out.iterdir()) == ["a.colour.mp4", "b.colour.mp4"]
+    assert res.stdout.count(": 4 frames, ") == 2, res.stdout
+
+
+def test_part_compare_and_options(make_clip, invoke, tmp_path):
+    clip = make_clip("film.mp4", frames=25)
+    out = tmp_path / "part.mkv"
+    res = invoke(clip, "-o", out, "--start", "0:00.2", "--duration", "0.4", "--compare",
+                 "--crf", "23", "--preset", "ultrafast", "--quiet")
+    assert res.exit_code == 0, res.output
+    with av.open(str(out)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 10 and frames[0].width == 128
+
+
+def test_several_inputs_need_an_output_folder(make_clip, invoke, tmp_path):
+    a, b = make_clip("a.mp4"), make_clip("b.mp4")
+    target = tmp_path / "one.mp4"
+    target.write_bytes(b"x")
+    res = invoke(a, b, "-o", target)
+    assert res.exit_code == 1 and "must be a folder" in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder_empty", "empty", "text", "same", "no_out_dir",
+                                  "exists", "end_and_duration"])
+def test_bad_input_is_one_error_line(tmp_path, make_clip, invoke, kind):
+    clip = make_clip("ok.mp4")
+    args = {
+        "missing": [tmp_path / "nope.mp4"],
+        "folder_empty": [tmp_path / "empty_dir"],
+        "empty": [tmp_path / "zero.mp4"],
+        "text": [tmp_path / "text.mp4"],
+        "same": [clip, "-o", clip],
+        "no_out_dir": [clip, "-o", tmp_path / "missing" / "out.mp4"],
+        "exists": [clip, "-o", clip.with_name("taken.mp4")],
+        "end_and_duration": [clip, "--end", "1", "--duration", "1"],
+    }[kind]
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "zero.mp4").touch()
+    (tmp_path / "text.mp4").write_text("hello\n")
+    clip.with_name("taken.mp4").write_bytes(b"x")
+    res = invoke(*args)
+    assert res.exit_code in (1, 2)
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob(".*colourbatch-tmp*"))
+
+
+def test_truncated_input_exits_nonzero_keeping_what_decoded(tmp_path, make_clip, invoke):
+    clip = make_clip("t.mp4", frames=30, faststart=True)
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 4 // 5])
+    res = invoke(cut, "--quiet")
+    assert res.exit_code == 1
+    assert "truncated" in res.stderr and "lost" in res.stderr
+    assert (tmp_path / "cut.colour.mp4").exists()
+
+
+def test_help_says_colour_is_repredicted():
+    res = CliRunner().invoke(cli, ["video", "--help"])
+    assert res.exit_code == 0 and "re-predicted" in res.output and "--compare" in res.output

@@ -1,0 +1,60 @@
+"""The shipped weights: they load, match their recorded hashes and metadata, and
+colour a real (held-out) photo measurably better than leaving it grey.
+
+A regression test, not a timing: if retrained weights get worse than grey on
+this photo, or lose their colour, this fails.
+"""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from colourbatch import checkpoint, colour
+from colourbatch.evaluate import colourfulness, psnr
+from colourbatch.pipeline import Colouriser, RunConfig
+
+WEIGHTS = checkpoint.WEIGHTS_DIR
+PHOTO = Path(__file__).parent / "fixtures" / "kangaroo.png"  # public domain, in the held-out split
+
+
+def recorded_hashes() -> dict:
+    lines = (WEIGHTS / "SHA256SUMS").read_text().splitlines()
+    return {name.strip(): digest for digest, name in (line.split(None, 1) for line in lines if line.strip())}
+
+
+def test_hashes_match_the_record():
+    hashes = recorded_hashes()
+    assert set(hashes) == {"default.pt", "seed.pt"}
+    for name, digest in hashes.items():
+        assert checkpoint.file_sha256(WEIGHTS / name) == digest, name
+
+
+@pytest.mark.parametrize("name", ["default", "seed"])
+def test_weights_describe_their_training(name):
+    model, meta = checkpoint.load(WEIGHTS / f"{name}.pt")
+    assert checkpoint.model_config(model)[0] == name
+    assert meta["steps"] > 1000 and meta["images_seen"] >= meta["steps"] * 16
+    assert len(meta["data_manifest_sha256"]) == 64
+    assert {"psnr_rgb", "auc", "colourfulness_ratio"} <= set(meta["val_metrics"])
+    assert (WEIGHTS / f"{name}.pt").stat().st_size < 10_000_000  # small enough for the repo
+
+
+def colour_photo(weights: Path) -> tuple[np.ndarray, np.ndarray]:
+    truth = cv2.cvtColor(cv2.imread(str(PHOTO)), cv2.COLOR_BGR2RGB)
+    l8 = colour.rgb_to_l(truth)
+    engine = Colouriser(RunConfig(weights=str(weights), device="cpu", precision="fp32"))
+    ab = engine.predict(torch.from_numpy(colour.l_tile(l8))[None])[0]
+    return truth, colour.merge_l_ab(l8, ab)
+
+
+def test_default_colours_a_real_photo_better_than_grey():
+    truth, pred = colour_photo(WEIGHTS / "default.pt")
+    l8 = colour.rgb_to_l(truth)
+    grey = colour.lab_to_rgb(colour.grey_lab(l8))
+    assert psnr(pred, truth) >= psnr(grey, truth)                       # faithful
+    assert colourfulness(pred) > 0.5 * colourfulness(truth)             # and visibly coloured
+    assert np.abs(colour.rgb_to_l(pred).astype(int) - l8).mean() < 1.0  # L untouched
+    _, seed_pred = colour_photo(WEIGHTS / "seed.pt")
+    assert colourfulness(pred) > colourfulness(seed_pred)
