@@ -191,6 +191,8 @@ def _train(cfg, emit, device, rank, world, main):
     notes: dict[str, Any] = {}
     if resume_blob is not None:
         model = ckpt.model_from_blob(resume_blob, cfg.resume).train()
+        # Facts about how the run began stay true after a resume.
+        notes.update({k: v for k, v in resume_blob["metadata"].items() if k == "encoder_init"})
     elif cfg.model == "default":
         notes["encoder_init"] = _init_encoder(model, cfg.init_encoder)
         model.prior.copy_(estimate_prior(train_set, model.bins))

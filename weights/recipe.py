@@ -29,6 +29,9 @@ if name == "finalize":
 
     blob = checkpoint.read("weights/default.pt")
     blob["config"]["temperature"] = float(sys.argv[2])
+    # The run was resumed twice (see weights/README.md); resumes before this was carried
+    # over dropped this fact from the metadata, so it is restored here.
+    blob["metadata"].setdefault("encoder_init", "imagenet:mobilenet_v2-b0353104.pth")
     blob["metadata"]["temperature_chosen_on"] = "val split of cutouts/ and animation/ (not photos/)"
     model = checkpoint.model_from_blob(blob, "weights/default.pt")
     checkpoint.save("weights/default.pt", model, blob["metadata"], half=True)
