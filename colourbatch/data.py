@@ -272,15 +272,21 @@ def _squeeze(lab: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(lab), (size, size), interpolation=interp)
 
 
-def training_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: float,
-                     size: int, crops: int, seed: int, on_skip=None) -> Dataset:
-    """One Kaggle folder, or any number of image folders, as a Dataset of (l8, ab8)."""
+def check_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The data paths as Paths; DataError when none is given or one is missing."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise DataError("no data given")
     for p in paths:
         if not p.exists():
             raise DataError(f"{p}: no such file or folder")
+    return paths
+
+
+def training_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: float,
+                     size: int, crops: int, seed: int, on_skip=None) -> Dataset:
+    """One Kaggle folder, or any number of image folders, as a Dataset of (l8, ab8)."""
+    paths = check_paths(paths)
     kaggle = [p for p in paths if is_kaggle_dir(p)]
     if kaggle:
         if len(paths) > 1:

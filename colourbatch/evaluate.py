@@ -233,7 +233,8 @@ def eval_dataset(paths, split: str, val_fraction: float, size: int, on_skip=None
     `val` is exactly the split training_dataset holds out, so a model is scored
     on pictures it never saw; `all` ignores the split.
     """
-    from .data import DataError, ImageFolderDataset, KaggleDataset, is_kaggle_dir, training_dataset
+    from .data import (DataError, ImageFolderDataset, KaggleDataset, check_paths, is_kaggle_dir,
+                       training_dataset)
 
     if split not in SPLITS:
         raise EvalError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
@@ -241,12 +242,7 @@ def eval_dataset(paths, split: str, val_fraction: float, size: int, on_skip=None
         if split == "val":
             return training_dataset(paths, "val", val_fraction, size, 1, 0, on_skip=on_skip)
         # Validate the paths exactly as training does before taking another split.
-        paths = [Path(p) for p in paths]
-        if not paths:
-            raise DataError("no data given")
-        for p in paths:
-            if not p.exists():
-                raise DataError(f"{p}: no such file or folder")
+        paths = check_paths(paths)
         # split_hash < 1.0 always, and the Kaggle tail of 100 % is the whole set: 'all'.
         frac = 1.0 if split == "all" else val_fraction
         part = "val" if split == "all" else "train"
