@@ -18,6 +18,22 @@ from colourbatch.device import autocast, prepare_model, set_cpu_threads
 from colourbatch.model import predict_ab8
 
 
+def conv_gmacs(model, size: int = 224) -> float:
+    """Multiply-accumulates of the model's convolutions for one size x size tile, in G."""
+    total = [0]
+
+    def hook(mod, inp, out):
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        total[0] += out.numel() * (mod.in_channels // mod.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        model(torch.rand(1, 1, size, size))
+    for h in handles:
+        h.remove()
+    return total[0] / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -30,10 +46,11 @@ def main():
     cpu = torch.device("cpu")
     x = torch.randint(0, 256, (args.batch, 1, 224, 224), dtype=torch.uint8)
     print(f"CPU, {threads} threads, batch {args.batch}, 224x224, median of {args.repeats}")
-    print(f"{'model':10} {'params':>8} {'fp32 img/s':>11} {'bf16 img/s':>11}")
+    print(f"{'model':10} {'params':>9} {'GMAC/tile':>10} {'fp32 img/s':>11} {'bf16 img/s':>11}")
     for path in args.weights:
         model, _ = checkpoint.load(path)
         name = checkpoint.model_config(model)[0]
+        gmacs = conv_gmacs(model)
         model = prepare_model(model, cpu).eval()
         row = []
         for dtype in (torch.float32, torch.bfloat16):
@@ -46,7 +63,7 @@ def main():
                     times.append(time.perf_counter() - t)
             row.append(args.batch / statistics.median(times))
         params = sum(p.numel() for p in model.parameters())
-        print(f"{name:10} {params / 1e6:7.2f}M {row[0]:11.1f} {row[1]:11.1f}")
+        print(f"{name:10} {params:>9,} {gmacs:10.2f} {row[0]:11.1f} {row[1]:11.1f}")
 
 
 if __name__ == "__main__":

@@ -332,13 +332,17 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
         dataset.epoch = epoch
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, sampler=None,
+def make_loader(dataset: Dataset, batch_size: int | None, workers: int, sampler=None,
                 pin_memory: bool = False, collate_fn=None, drop_last: bool = False,
-                shuffle: bool = False) -> DataLoader:
-    """The DataLoader every command uses: worker prefetching, pinned memory on CUDA."""
+                shuffle: bool = False, prefetch: int = 4) -> DataLoader:
+    """The DataLoader every command uses: worker prefetching, pinned memory on CUDA.
+
+    `batch_size=None` passes items through as they are (an IterableDataset that
+    yields whole batches); `prefetch` is batches queued per worker.
+    """
     kw = {}
     if workers > 0:
-        kw.update(prefetch_factor=4, persistent_workers=False)
+        kw.update(prefetch_factor=prefetch, persistent_workers=False)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler,
                       shuffle=shuffle if sampler is None else False, pin_memory=pin_memory,
                       collate_fn=collate_fn, drop_last=drop_last, **kw)

@@ -8,10 +8,12 @@ nothing here prints.
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -135,13 +137,8 @@ class PageDataset(torch.utils.data.Dataset):
                     "windows": windows}
         except pages.PageError as exc:
             return {"i": i, "kind": "error", "reason": str(exc)}
-        except (cv2_error(), MemoryError, ValueError) as exc:
+        except (cv2.error, MemoryError, ValueError) as exc:
             return {"i": i, "kind": "error", "reason": f"cannot decode ({_one_line(exc)})"}
-
-
-def cv2_error():
-    import cv2
-    return cv2.error
 
 
 def _one_line(exc: BaseException) -> str:
@@ -245,13 +242,8 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
             pages.finish_archive(arch, failed_members.get(idx, set()))
             report.archives.append(str(arch.dest))
             emit("archive", {"path": str(arch.dest)})
-        except (OSError, zipfile_error()) as exc:
+        except (OSError, zipfile.BadZipFile) as exc:
             report.failed.append((str(arch.source), f"cannot write archive ({_one_line(exc)})"))
     report.seconds = time.monotonic() - t0
     emit("end", {"seconds": report.seconds})
     return report
-
-
-def zipfile_error():
-    import zipfile
-    return zipfile.BadZipFile

@@ -32,9 +32,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from . import colour, media
+from .data import make_loader
 from .media import MediaError  # noqa: F401  (re-exported: colour_video raises it)
 from .pipeline import Colouriser, RunConfig
 
@@ -259,8 +260,8 @@ def colour_video(src: str | os.PathLike, dst: str | os.PathLike, run: RunConfig,
         workers = min(run.workers, 1)
         stream = FrameStream(info.path, run.batch_size, start, end, (info.width, info.height),
                              sample_indices(estimate, vcfg.grey_samples), origin=info.start_time)
-        loader = DataLoader(stream, batch_size=None, num_workers=workers,
-                            prefetch_factor=2 if workers else None)
+        # Two decoded batches ahead: enough to overlap, and full-resolution L planes are big.
+        loader = make_loader(stream, batch_size=None, workers=workers, prefetch=2)
         # Fork the decode worker first, before this process holds an open output or a thread.
         it = iter(loader)
         enc = media.Encoder(tmp, info, width, info.height, settings, start, end,
