@@ -1,0 +1,147 @@
+"""Files on disk: the one atomic-write helper and bounded reads of regular files.
+
+Every output colourbatch writes (pages, archives, films, weights, contact
+sheets) appears only when complete: it is written under a hidden temporary
+name beside its destination, with the destination's extension (so a muxer or
+encoder picks the same format), flushed to disk, then renamed over the
+destination. A failure or Ctrl-C removes the temporary file and leaves any
+previous destination untouched.
+
+Reads of user files refuse anything that is not a regular file (a FIFO would
+block forever, /dev/zero never ends) and stop at a byte limit counted on the
+bytes actually read, not on what `stat` claims.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError, WriteError
+
+#: Marks our temporary files; they are hidden (leading dot), so folder scans skip them.
+TMP_TAG = ".colourbatch-tmp"
+
+
+def temp_path(dest: str | os.PathLike) -> Path:
+    """A unique hidden name beside `dest` that keeps its extension."""
+    dest = Path(dest)
+    return dest.with_name(f".{dest.stem}.{secrets.token_hex(4)}{TMP_TAG}{dest.suffix}")
+
+
+def is_temp(path: str | os.PathLike) -> bool:
+    """True for a temporary file this module made (left behind only by a killed process)."""
+    name = Path(path).name
+    return name.startswith(".") and TMP_TAG in name
+
+
+@contextlib.contextmanager
+def atomic_output(dest: str | os.PathLike, make_parents: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write `dest` through; on success fsync and rename it.
+
+    The body creates the file at the yielded path (any writer: open, torch.save,
+    PyAV, zipfile). On any exception the temporary file is removed and `dest`
+    is left as it was. An OSError while finishing becomes a WriteError.
+    """
+    dest = Path(dest)
+    if make_parents:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot create folder {dest.parent} ({exc.strerror or exc})") from None
+    tmp = temp_path(dest)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise WriteError(f"cannot write {dest} ({exc.strerror or exc})") from None
+        raise
+
+
+def write_bytes(dest: str | os.PathLike, data: bytes, make_parents: bool = True) -> Path:
+    """Write `data` to `dest` atomically."""
+    dest = Path(dest)
+    with atomic_output(dest, make_parents) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    return dest
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class NotAFile(InputError):
+    """A path that is not a regular file (folder, FIFO, device, socket)."""
+
+
+class TooLarge(InputError):
+    """A file above the size a reader accepts."""
+
+
+def check_regular(path: str | os.PathLike) -> os.stat_result:
+    """stat() of `path` (links followed); NotAFile unless it is a regular file."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAFile(f"not a regular file ({_kind(st.st_mode)})")
+    return st
+
+
+def read_limited(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of a regular file, refusing more than `limit` bytes as they are read.
+
+    Opened non-blocking and checked with fstat before reading, so a FIFO or a
+    device (even behind a symlink) is refused without blocking or reading it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFile(f"not a regular file ({_kind(st.st_mode)})")
+        if st.st_size > limit:
+            raise TooLarge(f"file of {st.st_size >> 20} MB refused (limit {limit >> 20} MB)")
+        os.set_blocking(fd, True)
+        chunks, got = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+            if got > limit:
+                raise TooLarge(f"file grew past the {limit >> 20} MB limit while read; refused")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
