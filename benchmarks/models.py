@@ -39,8 +39,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--weights", nargs="*", default=[str(checkpoint.WEIGHTS_DIR / "default.pt"),
-                                                     str(checkpoint.WEIGHTS_DIR / "seed.pt")])
+    ap.add_argument("--weights", nargs="*", default=[str(checkpoint.shipped_weights("default")),
+                                                     str(checkpoint.shipped_weights("seed"))])
     args = ap.parse_args()
     threads = set_cpu_threads(args.threads)
     cpu = torch.device("cpu")

@@ -21,9 +21,19 @@ from .model import build_model, model_config
 
 FORMAT = "colourbatch-weights"
 VERSION = 1
-#: Where the shipped weights live: weights/ at the top of the repository.
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "default.pt"
+#: The shipped weights file pages and video use when no --weights is given.
+DEFAULT_NAME = "default"
+
+
+def shipped_weights(name: str = DEFAULT_NAME) -> Path:
+    """The path of a shipped weights file (`weights/NAME.pt`, installed as colourbatch.weights).
+
+    Found through importlib.resources, so it works from the repository, an
+    editable install and a wheel alike.
+    """
+    from importlib.resources import files
+
+    return Path(str(files("colourbatch.weights").joinpath(f"{name}.pt")))
 
 
 class CheckpointError(ValueError):

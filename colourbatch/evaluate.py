@@ -301,7 +301,7 @@ def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
     from .device import DeviceError, autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
 
     # Every weights file is loaded before any long work, so a bad one fails at once.
-    paths = [Path(w) for w in cfg.weights] or [checkpoint.DEFAULT_WEIGHTS]
+    paths = [Path(w) for w in cfg.weights] or [checkpoint.shipped_weights()]
     if not cfg.weights and not paths[0].exists():
         raise EvalError(f"no shipped weights at {paths[0]}; pass --weights FILE")
     models = []

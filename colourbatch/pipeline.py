@@ -39,7 +39,7 @@ class RunConfig:
 def weights_path(weights: str | None) -> Path:
     if weights:
         return Path(weights)
-    return checkpoint.DEFAULT_WEIGHTS
+    return checkpoint.shipped_weights()
 
 
 class Colouriser:

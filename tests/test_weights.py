@@ -15,7 +15,7 @@ from colourbatch import checkpoint, colour
 from colourbatch.evaluate import colourfulness, psnr
 from colourbatch.pipeline import Colouriser, RunConfig
 
-WEIGHTS = checkpoint.WEIGHTS_DIR
+WEIGHTS = checkpoint.shipped_weights().parent
 PHOTO = Path(__file__).parent / "fixtures" / "kangaroo.png"  # public domain, in the held-out split
 
 
