@@ -1,37 +1,72 @@
 """The command line: the only module that imports click or rich, prints, or exits.
 
-Commands stay thin: they build a config dataclass, call the library, and show
-its progress and results. torch, OpenCV and PyAV are imported inside command
-bodies so `colourbatch --help` answers instantly.
+Commands stay thin: each builds its config dataclasses (colourbatch.config,
+whose fields hold every default the options show), calls one library
+function, and shows its progress and results. Errors leave by one door: the
+library raises a `ColourbatchError`, the group below prints its one line and
+exits with the code the error carries (0 done, 1 some inputs failed, 2 could
+not start, 130 interrupted). torch, OpenCV and PyAV are imported inside
+command bodies so `colourbatch --help` answers instantly.
 """
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 
 import click
 
 from . import __version__
+from . import config as C
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START, ColourbatchError, UsageError
 
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+EXIT_HELP = "Exit code: 0 all done, 1 some inputs failed (listed), 2 could not start, 130 interrupted."
+
+
+class _Commands(click.Group):
+    """Every command's errors end here: one `error:` line on stderr and the error's exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ColourbatchError as exc:
+            _error(str(exc))
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            _error("interrupted; finished outputs are kept and unfinished ones removed, "
+                   "so a re-run resumes")
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+def _error(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+def option(cls, name: str, *decls: str, **kw):
+    """A click option whose default (shown in --help) is field `name` of config `cls`."""
+    value = C.default(cls, name)
+    kw.setdefault("default", value)
+    if value is not None and value != () and not kw.get("is_flag"):
+        kw.setdefault("show_default", True)
+    flag = "--" + name.replace("_", "-")
+    return click.option(*(decls or (flag,)), name, **kw)
 
 
 def run_options(f):
-    """Options every colouring command shares (pages, video)."""
+    """Options every colouring command shares (pages, video): the fields of RunConfig."""
+    R = C.RunConfig
     options = [
-        click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="Weights file (default: the trained weights shipped in weights/default.pt)."),
-        click.option("--model", default=None,
-                     help="Model name for a bare state-dict file; self-describing weights say it themselves."),
-        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-                     show_default=True, help="Compute precision: auto = fp16/bf16 on CUDA, bf16 on CPUs that support it."),
-        click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
-                     help="Tiles per model call."),
-        click.option("--workers", type=click.IntRange(0, 64), default=2, show_default=True,
-                     help="DataLoader processes that read and convert inputs ahead of the model."),
-        click.option("--temperature", type=click.FloatRange(0.01, 10.0), default=None,
-                     help="Annealed-mean T of the default model: lower is livelier (default: the weights' own)."),
+        option(R, "weights", type=click.Path(dir_okay=False),
+               help="Weights file [default: the trained weights shipped with colourbatch]."),
+        option(R, "model", help="Model name for a bare state-dict file; self-describing weights say it themselves."),
+        option(R, "device", help=DEVICE_HELP),
+        option(R, "precision", type=click.Choice(C.PRECISIONS),
+               help="Compute precision: auto = fp16/bf16 on CUDA, bf16 on CPUs that support it."),
+        option(R, "batch_size", type=click.IntRange(1, 4096), help="Tiles per model call."),
+        option(R, "workers", type=click.IntRange(0, 64),
+               help="DataLoader processes that read and convert inputs ahead of the model."),
+        option(R, "temperature", type=click.FloatRange(0.01, 10.0),
+               help="Annealed-mean T of the default model: lower is livelier [default: the weights' own]."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar; only errors and the final line."),
     ]
     for opt in reversed(options):
@@ -39,18 +74,12 @@ def run_options(f):
     return f
 
 
-def make_console(quiet: bool = False, stderr: bool = False):
+def make_console(stderr: bool = False):
     from rich.console import Console
-    return Console(stderr=stderr, quiet=False, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-def fail(message: str, code: int = 1) -> None:
-    """One clear line on stderr and a non-zero exit: never a traceback."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="colourbatch")
 def cli():
     """Colour black-and-white films, photos and manga pages in batches.
@@ -60,6 +89,9 @@ def cli():
     colourbatch video film.mp4                 a film, with its sound and timing
     colourbatch train --data DIR --out W.pt    train on the Kaggle set or photos
     colourbatch evaluate --data DIR            quality metrics against the truth
+
+    Exit codes, every command: 0 all done, 1 some inputs failed (listed),
+    2 could not start (nothing was done), 130 interrupted.
     """
 
 
@@ -67,23 +99,20 @@ def main():
     cli(prog_name="colourbatch")
 
 
-# The commands below are filled in by their modules' owners.
-
-
 # ===================================================================== pages
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="Output folder; mirrors the input tree, archives become archives of the same name.")
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"]),
-              default=None, help="Output format (default: each page keeps its own).")
-@click.option("--recolour", is_flag=True,
-              help="Also colour pages that are already in colour (default: copy them through untouched).")
-@click.option("--overwrite", is_flag=True,
-              help="Redo pages whose output exists (default: skip them, so a re-run resumes).")
+@option(C.PagesConfig, "fmt", "--format", type=click.Choice(C.PAGE_FORMATS),
+        help="Output format [default: each page keeps its own].")
+@option(C.PagesConfig, "recolour", is_flag=True,
+        help="Also colour pages that are already in colour (default: copy them through untouched).")
+@option(C.PagesConfig, "overwrite", is_flag=True,
+        help="Redo pages whose output exists (default: skip them, so a re-run resumes).")
 @run_options
-def pages(inputs, out, fmt, recolour, overwrite, weights, model, device, precision, batch_size,
-          workers, temperature, quiet):
+@click.pass_context
+def pages(ctx, inputs, quiet, **values):
     """Colour folders of pages, single images and .cbz/.zip archives.
 
     INPUT is a folder (searched recursively), an image (PNG, JPEG, WebP, BMP,
@@ -92,28 +121,310 @@ def pages(inputs, out, fmt, recolour, overwrite, weights, model, device, precisi
     upsampled and merged with the page's own full-resolution L, so line art
     stays as sharp as the input. Pages more elongated than 1:2 are coloured
     in overlapping windows. Grey detection: pages already in colour are copied
-    through unless --recolour. Exit code 0 when every page succeeded, 1 when
-    any failed (listed at the end), 2 when the run could not start.
+    through unless --recolour. An output that would replace an input, or that
+    two inputs would share, is refused before any work. Exit code: 0 every
+    page done, 1 some failed (listed at the end), 2 the run could not start.
     """
-    from .pipeline import PagesConfig, PipelineError, RunConfig, colour_pages
+    from .pipeline import colour_pages  # INTERIM
+
+    run, pcfg = C.build(C.RunConfig, values), C.build(C.PagesConfig, values)
+    console = make_console()
+    with _Progress(console, "pages", quiet) as bar:
+        report = colour_pages(list(inputs), pcfg, run, on_progress=bar.event)
+    _pages_summary(console, report, pcfg.out, quiet)
+    ctx.exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+# ===================================================================== train
+T = C.TrainConfig
+
+
+@cli.command()
+@option(T, "data", multiple=True, required=True, type=click.Path(),
+        help="A Kaggle image-colorization folder, or a folder of colour images (repeatable).")
+@option(T, "out", required=True, type=click.Path(dir_okay=False),
+        help="Weights file to write (fp16, for pages/video); the full state goes to OUT.ckpt.")
+@option(T, "model", help="Network to train, a name from the model table [default: default; "
+                         "on --resume, the checkpoint's own].")
+@option(T, "epochs", type=click.FloatRange(0, min_open=True),
+        help="Passes over the training split (default 1 when --steps is not given).")
+@option(T, "steps", type=click.IntRange(1), help="Optimiser steps (instead of --epochs).")
+@option(T, "batch_size", type=click.IntRange(1, 4096), help="Tiles per step and process.")
+@option(T, "lr", type=click.FloatRange(0, min_open=True),
+        help="Learning rate [default: the model's own recipe].")
+@option(T, "warmup", type=click.IntRange(0), help="Linear warm-up steps before the cosine decay.")
+@option(T, "device", help=DEVICE_HELP)
+@option(T, "precision", type=click.Choice(C.PRECISIONS),
+        help="Autocast precision: auto = fp16/bf16 on CUDA, bf16 on capable CPUs.")
+@option(T, "resume", type=click.Path(dir_okay=False),
+        help="Continue exactly from a .ckpt training wrote (optimizer, step, RNG, data position).")
+@option(T, "checkpoint", type=click.Path(dir_okay=False),
+        help="Where to write the training state [default: OUT.ckpt].")
+@option(T, "size", type=click.IntRange(32, 1024), help="Training tile side.")
+@option(T, "crops", type=click.IntRange(1, 1000), help="Random crops per image per epoch (image folders).")
+@option(T, "val_fraction", type=click.FloatRange(0, 0.9, min_open=True),
+        help="Share held out for validation, never trained on.")
+@option(T, "val_every", type=click.IntRange(1), help="Steps between validations.")
+@option(T, "val_images", type=click.IntRange(1), help="Validation pictures per mid-run check (all of them at the end).")
+@option(T, "ckpt_every", type=click.IntRange(1), help="Steps between checkpoints (one is always written at the end).")
+@option(T, "log_every", type=click.IntRange(1), help="Steps between progress updates.")
+@option(T, "workers", type=click.IntRange(0, 64), help="DataLoader processes preparing batches.")
+@option(T, "threads", type=click.IntRange(1, 1024),
+        help="CPU threads per process [default: the cores, shared among torchrun's local processes].")
+@option(T, "max_minutes", type=click.FloatRange(0, min_open=True),
+        help="Wall-clock budget: stop cleanly and save when it runs out.")
+@option(T, "init_encoder", help="ImageNet encoder weights for models that have one: auto (installed "
+                                "package), none, or a .pth path.")
+@option(T, "seed", type=int, help="Data order, augmentation, initialisation.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress; only errors and the final line.")
+def train(quiet, **values):
+    """Train a model from the model table on the Kaggle set or folders of colour photos.
+
+    \b
+    colourbatch train --data kaggle/ --out weights/mine.pt --epochs 2
+    colourbatch train --data photos/ --model seed --out seed.pt --steps 4000
+    colourbatch train --data photos/ --out mine.pt --resume mine.pt.ckpt --steps 8000
+    torchrun --nproc_per_node=2 -m colourbatch train --data photos/ --out mine.pt
+    """
+    if values["steps"] is not None and values["epochs"] is not None:
+        raise UsageError("give --steps or --epochs, not both")
+    from .train import train as run_training
+
+    # Under torchrun only rank 0 reports; the others stay silent.
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    cfg = C.build(C.TrainConfig, dict(values, data=tuple(values["data"])))
+    view = _TrainView(quiet or not main_rank)
+    try:
+        result = run_training(cfg, view.on_event)
+    finally:
+        view.close()
+    if main_rank:
+        view.final(result)
+
+
+# ================================================================== evaluate
+E = C.EvalConfig
+
+
+@cli.command()
+@option(E, "data", multiple=True, type=click.Path(),
+        help="A Kaggle folder or folders of colour images (repeatable).")
+@option(E, "split", type=click.Choice(C.SPLITS),
+        help="val: the split training holds out (never trained on); train; all.")
+@option(E, "val_fraction", type=click.FloatRange(0, 0.9, min_open=True),
+        help="The held-out share [default: the one the first weights were trained with].")
+@option(E, "pred", type=click.Path(file_okay=False),
+        help="Folder of finished predictions, compared with --truth by relative path.")
+@option(E, "truth", type=click.Path(file_okay=False), help="Folder of the true colour pictures for --pred.")
+@option(E, "weights", multiple=True, type=click.Path(dir_okay=False),
+        help="Weights file to score (repeatable) [default: the shipped default weights].")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (for scripts).")
+@option(E, "max_images", type=click.IntRange(1), help="Score at most N pictures.")
+@option(E, "temperature", type=click.FloatRange(0.01, 10.0),
+        help="Annealed-mean T of default models [default: the weights' own].")
+@option(E, "sheet", type=click.Path(dir_okay=False), help="Write a contact sheet PNG: grey | each model | truth.")
+@option(E, "sheet_images", type=click.IntRange(1, 200), help="Pictures (rows) on the contact sheet.")
+@option(E, "size", type=click.IntRange(32, 1024), help="Tile side the models see (training validates at this size).")
+@option(E, "device", help=DEVICE_HELP)
+@option(E, "precision", type=click.Choice(C.PRECISIONS), help="Compute precision.")
+@option(E, "batch_size", type=click.IntRange(1, 4096), help="Tiles per model call.")
+@option(E, "workers", type=click.IntRange(0, 64), help="DataLoader processes.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress; only the table (or JSON).")
+def evaluate(as_json, quiet, **values):
+    """Score models (or a folder of predictions) against the truth, beside the grey baseline.
+
+    \b
+    colourbatch evaluate --data kaggle/                       shipped weights, validation split
+    colourbatch evaluate --data photos/ --weights a.pt --weights b.pt --sheet sheet.png
+    colourbatch evaluate --pred coloured/ --truth originals/ --json
+
+    \b
+    Metrics: accuracy = 1 - MSE/7500 on 0..255 LAB (ColourMePy); PSNR on RGB and on
+    the a/b planes; SSIM on RGB; colourfulness ratio = prediction / truth, with Hasler
+    & Suesstrunk's M = sqrt(sd(rg)^2 + sd(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2),
+    rg = R - G, yb = (R + G)/2 - B; AuC = share of pixels with a/b error <= t averaged
+    over t = 0..150 (Zhang et al. 2016), and its class-rebalanced form; L error =
+    mean |L_pred - L_true| on 0..255. The grey row is a = b = 128.
+    """
+    from .evaluate import evaluate_set
+
+    cfg = C.build(C.EvalConfig, dict(values, data=tuple(values["data"]), weights=tuple(values["weights"])))
+    # With --json stdout carries only the JSON: progress goes to stderr.
+    view = _EvalView(make_console(stderr=True), quiet)
+    try:
+        result = evaluate_set(cfg, view.on_event)
+    finally:
+        view.close()
+    if as_json:
+        import json
+        click.echo(json.dumps(_json_safe(result), indent=2))
+        return
+    console = make_console()
+    if not console.is_terminal:
+        console.width = 140  # logs and pipes: one line per row, not rich's 80-column wrap
+    _eval_table(console, result)
+
+
+# ===================================================================== video
+def _parse_time(ctx, param, value):
+    """Seconds from '90', '90.5', '1:30' or '01:02:03.5' (click callback)."""
+    if value is None:
+        return None
+    try:
+        parts = [float(p) for p in value.strip().rstrip("s").split(":")]
+        if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
+            raise ValueError
+        seconds = 0.0
+        for p in parts:
+            seconds = seconds * 60 + p
+        return seconds
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a time (use seconds, MM:SS or HH:MM:SS)") from None
+
+
+def fail(message, code=1):  # INTERIM: removed when video planning moves to the library
+    import sys
+    _error(message)
+    sys.exit(code)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _video_jobs(inputs, output, compare):
+    """(source, destination or None, error or None) per film; folders expand to their videos."""
+    from .media import find_videos
+    from .video import default_output
+
+    sources: list[tuple[Path, str | None]] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = find_videos(p)
+            if not found:
+                sources.append((p, f"{p}: folder holds no video files"))
+            sources.extend((f, None) for f in found)
+        else:
+            sources.append((p, None))  # a missing or bad file is reported by the library
+    out = Path(output) if output else None
+    many = len(sources) > 1 or any(Path(r).is_dir() for r in inputs)
+    if out is not None and many:
+        if out.exists() and not out.is_dir():
+            fail(f"{out}: with several inputs, -o must be a folder")
+        if not out.exists():
+            if not out.parent.is_dir():
+                fail(f"{out.parent}: output folder does not exist")
+            out.mkdir()
+    jobs = []
+    for src, err in sources:
+        if err:
+            jobs.append((src, None, err))
+        elif out is None:
+            jobs.append((src, default_output(src, compare=compare), None))
+        elif many or out.is_dir() or str(output).endswith(("/", "\\")):
+            jobs.append((src, default_output(src, out, compare), None))
+        else:
+            jobs.append((src, out, None))
+    return jobs
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Output file (its extension picks the container: .mp4, .mkv, .mov), or a folder. "
+                   "Default: <name>.colour.mp4 beside each input. With several inputs: a folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--codec", default="libx264", show_default=True,
+              help="Video encoder: libx264 plays everywhere; libx265 is smaller; ffv1 (in .mkv) is lossless.")
+@click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
+              help="Constant quality for x264/x265/VP9: lower is better and bigger; 18 is visually lossless.")
+@click.option("--preset", default=None,
+              help="Encoder speed preset for x264/x265 (ultrafast ... veryslow; default: medium).")
+@click.option("--start", callback=_parse_time, default=None, metavar="TIME",
+              help="Colour from this time (seconds, MM:SS or HH:MM:SS): previews of a part.")
+@click.option("--end", callback=_parse_time, default=None, metavar="TIME", help="Stop at this time.")
+@click.option("--duration", callback=_parse_time, default=None, metavar="TIME",
+              help="Colour this long from --start (instead of --end).")
+@click.option("--compare", is_flag=True,
+              help="Write grey | colour side by side (default name <name>.compare.mp4).")
+@run_options
+def video(inputs, output, overwrite, codec, crf, preset, start, end, duration, compare, weights, model,
+          device, precision, batch_size, workers, temperature, quiet):
+    """Colour films: every frame, its timing, sound, subtitles and rotation kept.
+
+    INPUT is a video file (MP4, MKV, MOV, AVI...) or a folder of them. Frames
+    stream through memory: each frame's L goes to the model as a 224x224 tile,
+    the predicted colour is upsampled and merged with the frame's own
+    full-resolution L. Audio is copied (or re-encoded to AAC when the output
+    container cannot hold it), as are subtitles where the container allows.
+    A film already in colour has its colour discarded and re-predicted from
+    its lightness; the summary says whether each input was greyscale.
+    Decoding uses at most one worker (--workers 0 decodes in this process).
+    Exit code 0 when every film came out whole, 1 when any failed or its
+    input was truncated (what decoded is kept), 2 when the run could not start.
+    """
+    if duration is not None and end is not None:
+        raise UsageError("give --end or --duration, not both")
+    if duration is not None:
+        end = (start or 0.0) + duration
+    if end is not None and end <= (start or 0.0):
+        raise UsageError("--end must be after --start")
+
+    import av
+
+    from .media import MediaError
+    from .pipeline import Colouriser, PipelineError, RunConfig
+    from .video import VideoConfig, VideoError, colour_video
 
     run = RunConfig(weights=weights, model=model, device=device, precision=precision,
                     batch_size=batch_size, workers=workers, temperature=temperature)
-    pcfg = PagesConfig(out=out, fmt=fmt, recolour=recolour, overwrite=overwrite)
+    vcfg = VideoConfig(start=start, end=end, codec=codec, crf=crf, preset=preset, compare=compare,
+                       overwrite=overwrite)
     console = make_console()
-    with _Progress(console, "pages", quiet) as bar:
-        try:
-            report = colour_pages(list(inputs), pcfg, run, on_progress=bar.event)
-        except PipelineError as exc:
-            bar.stop()
-            fail(str(exc), 2)
-        except KeyboardInterrupt:
-            bar.stop()
-            fail("interrupted; finished pages are kept, a re-run resumes", 130)
-    _pages_summary(console, report, out, quiet)
-    sys.exit(0 if report.ok else 1)
+    err = make_console(stderr=True)
+    jobs = _video_jobs(inputs, output, compare)
+    engine = None
+    reports, failures = [], []
+    for src, dst, problem in jobs:
+        if problem is None:
+            try:
+                if engine is None:
+                    engine = Colouriser(run)
+                    if not quiet:
+                        d = engine.describe()
+                        console.print(f"model {d['model']} ({'trained' if d['trained'] else 'UNTRAINED'}) "
+                                      f"from {d['weights']} on {d['device']} {d['precision']}", markup=False)
+                report = _video_one(src, dst, run, vcfg, engine, console, quiet, colour_video)
+                reports.append(report)
+                if report.truncated:
+                    failures.append((src, f"input truncated: {report.frames_lost} frame(s) lost"
+                                          + (f" ({report.decode_error})" if report.decode_error else "")
+                                          + f"; the {report.frames_out} that decoded are in {report.dst}"))
+                continue
+            except PipelineError as exc:
+                fail(str(exc), 2)
+            except KeyboardInterrupt:
+                fail("interrupted; the unfinished output was removed", 130)
+            except (MediaError, VideoError, av.FFmpegError, OSError) as exc:
+                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        failures.append((src, problem))
+        err.print(f"error: {problem}", markup=False, highlight=False)
+    if reports:
+        _video_summary(console, reports, quiet)
+    for src, why in failures:
+        if "truncated" in why:
+            err.print(f"error: {src}: {why}", markup=False, highlight=False)
+    if len(jobs) > 1 and failures:
+        err.print(f"{len(failures)} of {len(jobs)} film(s) failed", markup=False)
+    raise SystemExit(1 if failures else 0)
 
 
+# ===================================================================== views
 class _Progress:
     """A rich progress bar fed by the library's on_progress(kind, info) events."""
 
@@ -193,112 +504,6 @@ def _pages_summary(console, report, out, quiet: bool) -> None:
             err.print(f"  {source}: {reason}", markup=False, highlight=False)
     if quiet:
         console.print(line, markup=False)
-
-
-# ------------------------------------------------------------------ train
-def _dist_rank() -> int:
-    """This process's rank under torchrun (0 when run alone): only rank 0 prints."""
-    import os
-    return int(os.environ.get("RANK", "0"))
-
-
-@cli.command()
-@click.option("--data", "data", multiple=True, required=True, type=click.Path(),
-              help="A Kaggle image-colorization folder, or a folder of colour images (repeatable).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Weights file to write (fp16, for pages/video); the full state goes to OUT.ckpt.")
-@click.option("--model", type=click.Choice(["default", "seed"]), default=None,
-              help="Network to train [default: default; on --resume, the checkpoint's own].")
-@click.option("--epochs", type=click.FloatRange(0, min_open=True), default=None,
-              help="Passes over the training split (default 1 when --steps is not given).")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Optimiser steps (instead of --epochs).")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
-              help="Tiles per step and process.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None,
-              help="Learning rate [default: the model's recipe: seed 1e-3, default 5e-4].")
-@click.option("--warmup", type=click.IntRange(0), default=200, show_default=True,
-              help="Linear warm-up steps before the cosine decay.")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="Autocast precision: auto = fp16/bf16 on CUDA, bf16 on capable CPUs.")
-@click.option("--resume", type=click.Path(dir_okay=False), default=None,
-              help="Continue exactly from a .ckpt training wrote (optimizer, step, RNG, data position).")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the training state [default: OUT.ckpt].")
-@click.option("--size", type=click.IntRange(32, 1024), default=224, show_default=True,
-              help="Training tile side.")
-@click.option("--crops", type=click.IntRange(1, 1000), default=8, show_default=True,
-              help="Random crops per image per epoch (image folders).")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9, min_open=True), default=0.05,
-              show_default=True, help="Share held out for validation, never trained on.")
-@click.option("--val-every", type=click.IntRange(1), default=500, show_default=True,
-              help="Steps between validations.")
-@click.option("--val-images", type=click.IntRange(1), default=128, show_default=True,
-              help="Validation pictures per mid-run check (all of them at the end).")
-@click.option("--ckpt-every", type=click.IntRange(1), default=500, show_default=True,
-              help="Steps between checkpoints (one is always written at the end).")
-@click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
-              help="Steps between progress updates.")
-@click.option("--workers", type=click.IntRange(0, 64), default=2, show_default=True,
-              help="DataLoader processes preparing batches.")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="CPU threads per process [default: the cores, shared among torchrun's local processes].")
-@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
-              help="Wall-clock budget: stop cleanly and save when it runs out.")
-@click.option("--init-encoder", default="auto", show_default=True,
-              help="default model: ImageNet MobileNetV2 weights: auto (installed package), none, or a .pth path.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Data order, augmentation, initialisation.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress; only errors and the final line.")
-def train(data, out, model, epochs, steps, batch_size, lr, warmup, device, precision, resume,
-          checkpoint, size, crops, val_fraction, val_every, val_images, ckpt_every, log_every,
-          workers, threads, max_minutes, init_encoder, seed, quiet):
-    """Train the default or seed model on the Kaggle set or folders of colour photos.
-
-    \b
-    colourbatch train --data kaggle/ --out weights/mine.pt --epochs 2
-    colourbatch train --data photos/ --model seed --out seed.pt --steps 4000
-    colourbatch train --data photos/ --out mine.pt --resume mine.pt.ckpt --steps 8000
-    torchrun --nproc_per_node=2 -m colourbatch train --data photos/ --out mine.pt
-    """
-    import os
-
-    rank = _dist_rank()
-    quiet = quiet or rank != 0
-    if steps is not None and epochs is not None:
-        fail("give --steps or --epochs, not both")
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .device import DeviceError
-    from .train import TrainConfig, TrainError
-    from .train import train as run_training
-
-    try:
-        if resume and model is None:
-            # Resuming continues the checkpoint's own model unless told otherwise.
-            from .checkpoint import read
-            model = read(resume)["model"]
-        if threads is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # torchrun's processes on one machine share its cores: don't oversubscribe them.
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            threads = max(1, cores // max(1, local))
-        cfg = TrainConfig(data=tuple(data), out=out, checkpoint=checkpoint, model=model or "default",
-                          steps=steps, epochs=epochs, max_minutes=max_minutes, batch_size=batch_size,
-                          lr=lr, warmup=warmup, size=size, crops=crops, val_fraction=val_fraction,
-                          val_every=val_every, val_images=val_images, ckpt_every=ckpt_every,
-                          log_every=log_every, workers=workers, device=device, precision=precision,
-                          threads=threads, seed=seed, resume=resume, init_encoder=init_encoder)
-        view = _TrainView(quiet)
-        try:
-            result = run_training(cfg, view.on_event)
-        finally:
-            view.close()
-    except (TrainError, DataError, CheckpointError, DeviceError) as exc:
-        fail(str(exc) if rank == 0 else "see rank 0")
-    except KeyboardInterrupt:
-        fail("interrupted; the last checkpoint written is intact", 130)
-    if rank == 0:
-        view.final(result)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -393,88 +598,12 @@ class _TrainView:
                            f"(resume with --resume {result['checkpoint']})", markup=False)
 
 
-# --------------------------------------------------------------- evaluate
 #: Table columns: (metric key, header, format); accuracy is shown in percent.
 _EVAL_COLUMNS = (("accuracy", "acc %", lambda v: f"{100 * v:.2f}"),
                  ("psnr_rgb", "PSNR", "{:.2f}".format), ("psnr_ab", "PSNR ab", "{:.2f}".format),
                  ("ssim", "SSIM", "{:.3f}".format), ("colourfulness_ratio", "colour ratio", "{:.2f}".format),
                  ("auc", "AuC", "{:.2f}".format), ("auc_rebal", "AuC rebal", "{:.2f}".format),
                  ("l_error", "L err", "{:.2f}".format))
-
-
-@cli.command()
-@click.option("--data", "data", multiple=True, type=click.Path(),
-              help="A Kaggle folder or folders of colour images (repeatable).")
-@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
-              help="val: the split training holds out (never trained on); train; all.")
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9, min_open=True), default=None,
-              help="The held-out share [default: the one the first weights were trained with].")
-@click.option("--pred", type=click.Path(file_okay=False), default=None,
-              help="Folder of finished predictions, compared with --truth by relative path.")
-@click.option("--truth", type=click.Path(file_okay=False), default=None,
-              help="Folder of the true colour pictures for --pred.")
-@click.option("--weights", multiple=True, type=click.Path(dir_okay=False),
-              help="Weights file to score (repeatable) [default: the shipped weights/default.pt].")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (for scripts).")
-@click.option("--max-images", type=click.IntRange(1), default=None, help="Score at most N pictures.")
-@click.option("--temperature", type=click.FloatRange(0.01, 10.0), default=None,
-              help="Annealed-mean T of default models [default: the weights' own].")
-@click.option("--sheet", type=click.Path(dir_okay=False), default=None,
-              help="Write a contact sheet PNG: grey | each model | truth.")
-@click.option("--sheet-images", type=click.IntRange(1, 200), default=12, show_default=True,
-              help="Pictures (rows) on the contact sheet.")
-@click.option("--size", type=click.IntRange(32, 1024), default=224, show_default=True,
-              help="Tile side the models see (training validates at 224).")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="Compute precision.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True)
-@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
-              help="DataLoader processes.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress; only the table (or JSON).")
-def evaluate(data, split, val_fraction, pred, truth, weights, as_json, max_images, temperature, sheet,
-             sheet_images, size, device, precision, batch_size, workers, quiet):
-    """Score models (or a folder of predictions) against the truth, beside the grey baseline.
-
-    \b
-    colourbatch evaluate --data kaggle/                       shipped weights, validation split
-    colourbatch evaluate --data photos/ --weights a.pt --weights b.pt --sheet sheet.png
-    colourbatch evaluate --pred coloured/ --truth originals/ --json
-
-    \b
-    Metrics: accuracy = 1 - MSE/7500 on 0..255 LAB (ColourMePy); PSNR on RGB and on
-    the a/b planes; SSIM on RGB; colourfulness ratio = prediction / truth, with Hasler
-    & Suesstrunk's M = sqrt(sd(rg)^2 + sd(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2),
-    rg = R - G, yb = (R + G)/2 - B; AuC = share of pixels with a/b error <= t averaged
-    over t = 0..150 (Zhang et al. 2016), and its class-rebalanced form; L error =
-    mean |L_pred - L_true| on 0..255. The grey row is a = b = 128.
-    """
-    from .evaluate import EvalConfig, EvalError, evaluate_set
-
-    cfg = EvalConfig(data=tuple(data), split=split, val_fraction=val_fraction, weights=tuple(weights),
-                     pred=pred, truth=truth, max_images=max_images, temperature=temperature,
-                     size=size, device=device, precision=precision, batch_size=batch_size,
-                     workers=workers, sheet=sheet, sheet_images=sheet_images)
-    # With --json stdout carries only the JSON: progress goes to stderr.
-    err = make_console(stderr=True)
-    view = _EvalView(err, quiet)
-    try:
-        try:
-            result = evaluate_set(cfg, view.on_event)
-        finally:
-            view.close()
-    except EvalError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    if as_json:
-        import json
-        click.echo(json.dumps(_json_safe(result), indent=2))
-        return
-    console = make_console()
-    if not console.is_terminal:
-        console.width = 140  # logs and pipes: one line per row, not rich's 80-column wrap
-    _eval_table(console, result)
 
 
 def _json_safe(x):
@@ -556,157 +685,12 @@ def _eval_table(console, result: dict) -> None:
         console.print(f"contact sheet: {result['sheet']}", markup=False)
 
 
-# ===================================================================== video
-def _parse_time(ctx, param, value):
-    """Seconds from '90', '90.5', '1:30' or '01:02:03.5' (click callback)."""
-    if value is None:
-        return None
-    try:
-        parts = [float(p) for p in value.strip().rstrip("s").split(":")]
-        if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
-            raise ValueError
-        seconds = 0.0
-        for p in parts:
-            seconds = seconds * 60 + p
-        return seconds
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a time (use seconds, MM:SS or HH:MM:SS)") from None
-
-
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
-
-
-def _video_jobs(inputs, output, compare):
-    """(source, destination or None, error or None) per film; folders expand to their videos."""
-    from .media import find_videos
-    from .video import default_output
-
-    sources: list[tuple[Path, str | None]] = []
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            found = find_videos(p)
-            if not found:
-                sources.append((p, f"{p}: folder holds no video files"))
-            sources.extend((f, None) for f in found)
-        else:
-            sources.append((p, None))  # a missing or bad file is reported by the library
-    out = Path(output) if output else None
-    many = len(sources) > 1 or any(Path(r).is_dir() for r in inputs)
-    if out is not None and many:
-        if out.exists() and not out.is_dir():
-            fail(f"{out}: with several inputs, -o must be a folder")
-        if not out.exists():
-            if not out.parent.is_dir():
-                fail(f"{out.parent}: output folder does not exist")
-            out.mkdir()
-    jobs = []
-    for src, err in sources:
-        if err:
-            jobs.append((src, None, err))
-        elif out is None:
-            jobs.append((src, default_output(src, compare=compare), None))
-        elif many or out.is_dir() or str(output).endswith(("/", "\\")):
-            jobs.append((src, default_output(src, out, compare), None))
-        else:
-            jobs.append((src, out, None))
-    return jobs
-
-
-@cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", type=click.Path(), default=None,
-              help="Output file (its extension picks the container: .mp4, .mkv, .mov), or a folder. "
-                   "Default: <name>.colour.mp4 beside each input. With several inputs: a folder.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--codec", default="libx264", show_default=True,
-              help="Video encoder: libx264 plays everywhere; libx265 is smaller; ffv1 (in .mkv) is lossless.")
-@click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
-              help="Constant quality for x264/x265/VP9: lower is better and bigger; 18 is visually lossless.")
-@click.option("--preset", default=None,
-              help="Encoder speed preset for x264/x265 (ultrafast ... veryslow; default: medium).")
-@click.option("--start", callback=_parse_time, default=None, metavar="TIME",
-              help="Colour from this time (seconds, MM:SS or HH:MM:SS): previews of a part.")
-@click.option("--end", callback=_parse_time, default=None, metavar="TIME", help="Stop at this time.")
-@click.option("--duration", callback=_parse_time, default=None, metavar="TIME",
-              help="Colour this long from --start (instead of --end).")
-@click.option("--compare", is_flag=True,
-              help="Write grey | colour side by side (default name <name>.compare.mp4).")
-@run_options
-def video(inputs, output, overwrite, codec, crf, preset, start, end, duration, compare, weights, model,
-          device, precision, batch_size, workers, temperature, quiet):
-    """Colour films: every frame, its timing, sound, subtitles and rotation kept.
-
-    INPUT is a video file (MP4, MKV, MOV, AVI...) or a folder of them. Frames
-    stream through memory: each frame's L goes to the model as a 224x224 tile,
-    the predicted colour is upsampled and merged with the frame's own
-    full-resolution L. Audio is copied (or re-encoded to AAC when the output
-    container cannot hold it), as are subtitles where the container allows.
-    A film already in colour has its colour discarded and re-predicted from
-    its lightness; the summary says whether each input was greyscale.
-    Decoding uses at most one worker (--workers 0 decodes in this process).
-    Exit code 0 when every film came out whole, 1 when any failed or its
-    input was truncated (what decoded is kept), 2 when the run could not start.
-    """
-    if duration is not None and end is not None:
-        fail("give --end or --duration, not both", 2)
-    if duration is not None:
-        end = (start or 0.0) + duration
-    if end is not None and end <= (start or 0.0):
-        fail("--end must be after --start", 2)
-
-    import av
-
-    from .media import MediaError
-    from .pipeline import Colouriser, PipelineError, RunConfig
-    from .video import VideoConfig, VideoError, colour_video
-
-    run = RunConfig(weights=weights, model=model, device=device, precision=precision,
-                    batch_size=batch_size, workers=workers, temperature=temperature)
-    vcfg = VideoConfig(start=start, end=end, codec=codec, crf=crf, preset=preset, compare=compare,
-                       overwrite=overwrite)
-    console = make_console()
-    err = make_console(stderr=True)
-    jobs = _video_jobs(inputs, output, compare)
-    engine = None
-    reports, failures = [], []
-    for src, dst, problem in jobs:
-        if problem is None:
-            try:
-                if engine is None:
-                    engine = Colouriser(run)
-                    if not quiet:
-                        d = engine.describe()
-                        console.print(f"model {d['model']} ({'trained' if d['trained'] else 'UNTRAINED'}) "
-                                      f"from {d['weights']} on {d['device']} {d['precision']}", markup=False)
-                report = _video_one(src, dst, run, vcfg, engine, console, quiet, colour_video)
-                reports.append(report)
-                if report.truncated:
-                    failures.append((src, f"input truncated: {report.frames_lost} frame(s) lost"
-                                          + (f" ({report.decode_error})" if report.decode_error else "")
-                                          + f"; the {report.frames_out} that decoded are in {report.dst}"))
-                continue
-            except PipelineError as exc:
-                fail(str(exc), 2)
-            except KeyboardInterrupt:
-                fail("interrupted; the unfinished output was removed", 130)
-            except (MediaError, VideoError, av.FFmpegError, OSError) as exc:
-                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        failures.append((src, problem))
-        err.print(f"error: {problem}", markup=False, highlight=False)
-    if reports:
-        _video_summary(console, reports, quiet)
-    for src, why in failures:
-        if "truncated" in why:
-            err.print(f"error: {src}: {why}", markup=False, highlight=False)
-    if len(jobs) > 1 and failures:
-        err.print(f"{len(failures)} of {len(jobs)} film(s) failed", markup=False)
-    sys.exit(1 if failures else 0)
 
 
 def _video_one(src, dst, run, vcfg, engine, console, quiet, colour_video):

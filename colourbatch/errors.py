@@ -31,6 +31,10 @@ class ColourbatchError(Exception):
         super().__init__(one_line(message) if message else type(self).__name__)
 
 
+class UsageError(ColourbatchError):
+    """The command asks for something contradictory (e.g. --end with --duration)."""
+
+
 class InputError(ColourbatchError):
     """One input (a page, a film, a file) that cannot be used; a batch goes on past it."""
 

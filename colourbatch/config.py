@@ -1,0 +1,143 @@
+"""Every run's settings and their defaults: the one home of each default.
+
+The command line builds these dataclasses and reads its option defaults from
+their fields; library code receives them and never sees click. This module
+imports nothing heavy (no torch, OpenCV or PyAV), so `colourbatch --help`
+stays instant while still showing the real defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+#: Side of the square tile the models see (training, validation and inference alike).
+TILE = 224
+#: Compute precisions; device.py decides what "auto" means on each device.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Page formats read and written (OpenCV codecs), as file extensions.
+PAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+#: The same formats as names, for --format.
+PAGE_FORMATS = tuple(e[1:] for e in PAGE_EXTS)
+#: Archives of pages read and written.
+ARCHIVE_EXTS = (".cbz", ".zip")
+#: Share of a training set held out for validation when nothing else is said.
+VAL_FRACTION = 0.05
+
+
+@dataclass
+class RunConfig:
+    """How pages and video run the model."""
+
+    weights: str | None = None     # weights file; None = the shipped weights (weights/default.pt)
+    model: str | None = None       # model name, only needed for a bare state dict
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    precision: str = "auto"        # one of PRECISIONS; device.py decides 'auto'
+    batch_size: int = 16           # tiles per model call; large batches amortise launch costs on GPU
+    workers: int = 2               # DataLoader processes decoding and converting inputs ahead of the model
+    temperature: float | None = None  # annealed-mean T for the default model; None = the weights' own
+
+
+@dataclass
+class PagesConfig:
+    """What `colourbatch pages` writes where."""
+
+    out: str = "coloured"          # output folder; mirrors the input tree
+    fmt: str | None = None         # output format (one of PAGE_FORMATS); None keeps each page's own
+    recolour: bool = False         # colour pages already in colour instead of copying them through
+    overwrite: bool = False        # redo pages whose output exists (default: skip them, i.e. resume)
+
+
+@dataclass
+class VideoConfig:
+    """What `colourbatch video` writes and how it encodes."""
+
+    start: float | None = None   # seconds: colour from here (previews of a part)
+    end: float | None = None     # seconds: stop before this time; None = to the end
+    codec: str = "libx264"       # video encoder: H.264 plays everywhere; libx265, ffv1 (archival)...
+    crf: int | None = 18         # constant quality; 18 is visually lossless for x264
+    preset: str | None = None    # encoder speed/size trade-off (x264/x265); None = encoder default (medium)
+    pix_fmt: str | None = None   # None: yuv420p for players (ffv1: yuv444p)
+    compare: bool = False        # write grey | colour side by side instead of the colour film
+    overwrite: bool = False      # replace an existing output file
+    queue_batches: int = 2       # model->writer queue depth in batches: bounds memory, enough to overlap
+    grey_samples: int = 5        # frames sampled (spread over the film) for grey detection
+
+
+@dataclass
+class TrainConfig:
+    """A training run: data, model, schedule, checkpoints."""
+
+    data: tuple = ()                 # a Kaggle folder, or one or more folders of colour images
+    out: str = "weights/model.pt"    # weights file for pages/video (fp16, no training state)
+    checkpoint: str | None = None    # full training state for --resume; default <out>.ckpt
+    model: str | None = None         # a name from the model table; None = 'default', or the resumed checkpoint's own
+    steps: int | None = None         # optimiser steps; wins over epochs
+    epochs: float | None = None      # passes over the training split when steps is not given (1 if neither)
+    max_minutes: float | None = None  # wall-clock budget: stop cleanly and save when it runs out
+    batch_size: int = 16             # per process; 16 keeps a 2-core CPU busy without waste
+    lr: float | None = None          # None: the model's own recipe (its entry in the model table)
+    weight_decay: float = 1e-4       # AdamW decay where the model's recipe uses AdamW
+    warmup: int = 200                # linear warm-up steps before cosine decay
+    size: int = TILE                 # training tile side; inference uses TILE
+    crops: int = 8                   # random crops per image per epoch (image folders)
+    val_fraction: float = VAL_FRACTION  # share held out, by stable hash (folders) or the set's tail (Kaggle)
+    val_every: int = 500             # steps between validations
+    val_images: int = 128            # validation pictures per mid-run check (all at the end)
+    ckpt_every: int = 500            # steps between checkpoints
+    log_every: int = 10              # steps between progress events (the only host syncs)
+    workers: int = 2                 # DataLoader worker processes
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    precision: str = "auto"          # one of PRECISIONS
+    threads: int | None = None       # CPU threads per process; None = the cores, shared among torchrun's local processes
+    seed: int = 0                    # data order, augmentation and initialisation
+    resume: str | None = None        # a .ckpt file to continue from exactly
+    init_encoder: str = "auto"       # ImageNet encoder weights: 'auto' (installed package), 'none' or a .pth path
+    rebalance: float = 0.5           # Zhang's lambda: mix of bin prior and uniform in the class weights
+    sigma: float = 5.0               # soft-encoding width (LAB units) over the 5 nearest bins
+    reg_weight: float = 0.5          # weight of the L1 term on the distribution's mean a/b (faithfulness)
+    metadata: dict = field(default_factory=dict)  # extra facts to record in the weights (recipe, data hash)
+
+
+#: Evaluation splits: val is what training held out, never trained on.
+SPLITS = ("val", "train", "all")
+
+
+@dataclass
+class EvalConfig:
+    """What `colourbatch evaluate` scores, on what."""
+
+    data: tuple = ()                   # a Kaggle folder or image folders, as train takes them
+    split: str = "val"                 # one of SPLITS
+    val_fraction: float | None = None  # None: the first weights' own training split, else VAL_FRACTION
+    weights: tuple = ()                # weights files to compare; empty: the shipped default weights
+    pred: str | None = None            # folder of finished predictions (with truth: no model runs)
+    truth: str | None = None           # folder of true colour pictures, matched to pred by path
+    max_images: int | None = None      # stop after this many pictures: quick checks on big sets
+    temperature: float | None = None   # annealed-mean T for default models; None: the weights' own
+    size: int = TILE                   # tile side the models see: training's validation uses TILE
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    precision: str = "auto"            # one of PRECISIONS
+    batch_size: int = 16               # tiles per model call
+    workers: int = 0                   # DataLoader processes; tiles are small, 0 avoids start-up cost
+    sheet: str | None = None           # contact sheet PNG: grey | each model | truth
+    sheet_images: int = 12             # pictures (rows) on the contact sheet
+    sheet_cell: int = 192              # side of one sheet cell in pixels
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of field `name` of dataclass `cls` (the CLI shows and uses it)."""
+    for f in fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:  # type: ignore[misc]
+                return f.default_factory()  # type: ignore[misc]
+            raise KeyError(f"{cls.__name__}.{name} has no default")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def build(cls: type, values: dict[str, Any]):
+    """An instance of `cls` from the entries of `values` whose names are its fields."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
