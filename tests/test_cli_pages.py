@@ -32,8 +32,11 @@ def test_all_good_exits_zero_with_summary(tmp_path, seed_weights):
     result = invoke("pages", tmp_path / "in", "-o", tmp_path / "out", "--weights", seed_weights,
                     "--workers", 0)
     assert result.exit_code == 0, result.output
-    assert "coloured" in result.output and "2" in result.output
-    assert (tmp_path / "out" / "b" / "c.jpg").exists()
+    rows = {tuple(line.split()[:-1]): line.split()[-1] for line in result.output.splitlines()
+            if line.strip().startswith(("coloured", "failed", "skipped"))}
+    assert rows[("coloured",)] == "2" and rows[("failed",)] == "0", result.output
+    assert rows[("skipped", "(output", "exists)")] == "0", result.output
+    assert (tmp_path / "out" / "a.png").exists() and (tmp_path / "out" / "b" / "c.jpg").exists()
     again = invoke("pages", tmp_path / "in", "-o", tmp_path / "out", "--weights", seed_weights,
                    "--workers", 0, "--quiet")
     assert again.exit_code == 0

@@ -56,9 +56,13 @@ def test_several_inputs_need_an_output_folder(make_clip, invoke, tmp_path):
     assert res.exit_code == 1 and "must be a folder" in res.stderr
 
 
-@pytest.mark.parametrize("kind", ["missing", "folder_empty", "empty", "text", "same", "no_out_dir",
-                                  "exists", "end_and_duration"])
-def test_bad_input_is_one_error_line(tmp_path, make_clip, invoke, kind):
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "no such file"), ("folder_empty", "no video files"), ("empty", "empty file"),
+    ("text", "not a video"), ("same", "is the input"), ("no_out_dir", "does not exist"),
+    ("exists", "--overwrite"), ("end_and_duration", "--end or --duration"),
+    ("still", "colourbatch pages"), ("nan", "not a time"), ("collide", "both"),
+])
+def test_refusals_come_before_the_model_in_one_line(tmp_path, make_clip, kind, message):
     clip = make_clip("ok.mp4")
     args = {
         "missing": [tmp_path / "nope.mp4"],
@@ -69,16 +73,32 @@ def test_bad_input_is_one_error_line(tmp_path, make_clip, invoke, kind):
         "no_out_dir": [clip, "-o", tmp_path / "missing" / "out.mp4"],
         "exists": [clip, "-o", clip.with_name("taken.mp4")],
         "end_and_duration": [clip, "--end", "1", "--duration", "1"],
+        "still": [tmp_path / "photo.png"],
+        "nan": [clip, "--end", "nan"],
+        "collide": [clip, make_clip("ok.mkv"), "-o", tmp_path / "outdir"],
     }[kind]
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "zero.mp4").touch()
     (tmp_path / "text.mp4").write_text("hello\n")
     clip.with_name("taken.mp4").write_bytes(b"x")
-    res = invoke(*args)
-    assert res.exit_code in (1, 2)
-    assert res.stderr.startswith("error: ") and "Traceback" not in res.output
-    assert len(res.stderr.strip().splitlines()) == 1
-    assert not list(tmp_path.glob(".*colourbatch-tmp*"))
+    (tmp_path / "outdir").mkdir()
+    import cv2
+    import numpy as np
+    cv2.imwrite(str(tmp_path / "photo.png"), np.full((32, 32, 3), 128, np.uint8))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    # Weights that do not exist: a run that loaded the model before checking its inputs
+    # would answer about the weights instead.
+    res = CliRunner().invoke(cli, ["video", *map(str, args), "--weights", str(tmp_path / "no.pt"),
+                                   "--workers", "0"])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    if kind == "nan":  # click's own usage error: its three lines, naming the option
+        assert "'nan' is not a time" in res.stderr and "--end" in res.stderr
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+        assert "weights" not in lines[0]
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp left
 
 
 def test_truncated_input_exits_nonzero_keeping_what_decoded(tmp_path, make_clip, invoke):
