@@ -265,11 +265,9 @@ def train(data, out, model, epochs, steps, batch_size, lr, warmup, device, preci
     rank = _dist_rank()
     quiet = quiet or rank != 0
     if steps is not None and epochs is not None:
-        fail("give --steps or --epochs, not both")
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .device import DeviceError
-    from .train import TrainConfig, TrainError
+        fail("give --steps or --epochs, not both", 2)
+    from .errors import ColourbatchError
+    from .train import TrainConfig
     from .train import train as run_training
 
     try:
@@ -293,8 +291,8 @@ def train(data, out, model, epochs, steps, batch_size, lr, warmup, device, preci
             result = run_training(cfg, view.on_event)
         finally:
             view.close()
-    except (TrainError, DataError, CheckpointError, DeviceError) as exc:
-        fail(str(exc) if rank == 0 else "see rank 0")
+    except ColourbatchError as exc:
+        fail(str(exc) if rank == 0 else "see rank 0", exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted; the last checkpoint written is intact", 130)
     if rank == 0:
@@ -449,7 +447,8 @@ def evaluate(data, split, val_fraction, pred, truth, weights, as_json, max_image
     over t = 0..150 (Zhang et al. 2016), and its class-rebalanced form; L error =
     mean |L_pred - L_true| on 0..255. The grey row is a = b = 128.
     """
-    from .evaluate import EvalConfig, EvalError, evaluate_set
+    from .errors import ColourbatchError
+    from .evaluate import EvalConfig, evaluate_set
 
     cfg = EvalConfig(data=tuple(data), split=split, val_fraction=val_fraction, weights=tuple(weights),
                      pred=pred, truth=truth, max_images=max_images, temperature=temperature,
@@ -463,8 +462,8 @@ def evaluate(data, split, val_fraction, pred, truth, weights, as_json, max_image
             result = evaluate_set(cfg, view.on_event)
         finally:
             view.close()
-    except EvalError as exc:
-        fail(str(exc))
+    except ColourbatchError as exc:
+        fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     if as_json:

@@ -7,7 +7,7 @@ import torch
 
 from colourbatch import colour
 from colourbatch.data import (DataError, ImageFolderDataset, KaggleDataset, ResumableSampler,
-                              training_dataset)
+                              split_dataset)
 
 
 # ------------------------------------------------------------------ Kaggle
@@ -42,7 +42,7 @@ def test_kaggle_split_is_the_fixed_tail(kaggle_dir):
 
 def test_kaggle_any_picture_size_is_squeezed_to_the_tile(make_kaggle):
     root = make_kaggle("big", counts=(3, 2, 1), size=48)
-    ds = training_dataset([root], "train", 0.2, size=32, crops=1, seed=0)
+    ds = split_dataset([root], "train", 0.2, size=32, augment=True)
     l8, ab8 = ds[0]
     assert l8.shape == (1, 32, 32) and ab8.shape == (2, 32, 32)
 
@@ -101,12 +101,12 @@ def test_bad_kaggle_folders_are_refused_clearly(make_kaggle, damage, message):
     elif damage == "no_grey":
         (root / "l" / "gray_scale.npy").unlink()
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        training_dataset([root], "train", 0.1, 32, 1, 0)
+        split_dataset([root], "train", 0.1, 32)
 
 
 def test_kaggle_folder_must_train_alone(kaggle_dir, image_folder):
     with pytest.raises(DataError, match="trains on its own"):
-        training_dataset([kaggle_dir, image_folder], "train", 0.1, 32, 1, 0)
+        split_dataset([kaggle_dir, image_folder], "train", 0.1, 32)
 
 
 # ------------------------------------------------------------ image folders
@@ -142,9 +142,9 @@ def test_image_folder_split_is_stable_and_disjoint(image_folder):
 def test_empty_or_missing_image_folder_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no readable images"):
-        training_dataset([tmp_path / "empty"], "train", 0.1, 32, 1, 0)
+        split_dataset([tmp_path / "empty"], "train", 0.1, 32)
     with pytest.raises(DataError, match="no such file or folder"):
-        training_dataset([tmp_path / "nope"], "train", 0.1, 32, 1, 0)
+        split_dataset([tmp_path / "nope"], "train", 0.1, 32)
 
 
 def test_training_crops_are_reproducible(image_folder):
