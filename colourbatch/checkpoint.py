@@ -14,6 +14,7 @@ import hashlib
 import os
 import pickle
 import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,7 @@ def shipped_weights(name: str = DEFAULT_NAME) -> Path:
     Found through importlib.resources, so it works from the repository, an
     editable install and a wheel alike.
     """
-    from importlib.resources import files as package_files
-
-    return Path(str(package_files("colourbatch.weights").joinpath(f"{name}.pt")))
+    return Path(str(resources.files("colourbatch.weights").joinpath(f"{name}.pt")))
 
 
 class CheckpointError(ColourbatchError):

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import colour
-from .errors import ColourbatchError
+from .errors import ColourbatchError, one_line
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 KAGGLE_GREY = Path("l") / "gray_scale.npy"
@@ -75,7 +75,7 @@ def _open_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r")
     except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        raise DataError(f"{path}: not a readable .npy array ({one_line(exc)})") from None
 
 
 class KaggleDataset(Dataset):
@@ -229,9 +229,9 @@ class ImageFolderDataset(Dataset):
             try:
                 rgb = read_colour_image(p, max_side, bg)
             except (DataError, cv2.error) as exc:
-                self.skipped.append((str(p), str(exc)))
+                self.skipped.append((str(p), one_line(exc)))
                 if on_skip:
-                    on_skip(str(p), str(exc))
+                    on_skip(str(p), one_line(exc))
                 continue
             if min(rgb.shape[:2]) < 8:
                 self.skipped.append((str(p), "smaller than 8 pixels"))

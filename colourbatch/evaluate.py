@@ -39,7 +39,7 @@ from . import colour, files
 from .data import (VAL_FRACTION, DataError, list_images, make_loader, read_colour_image,
                    split_dataset)
 from .device import autocast, prepare_model
-from .errors import ColourbatchError
+from .errors import ColourbatchError, one_line
 from .model import model_config, predict_ab8
 from .pipeline import load_weights, open_device
 
@@ -350,7 +350,7 @@ def evaluate_folders(cfg: EvalConfig, emit=None) -> dict[str, Any]:
             pred_rgb, true_rgb = read_colour_image(p), read_colour_image(t)
         except (DataError, cv2.error) as exc:
             skipped.append(str(p))
-            emit("skip", {"path": str(p), "reason": str(exc)})
+            emit("skip", {"path": str(p), "reason": one_line(exc)})
             continue
         if pred_rgb.shape != true_rgb.shape:
             resized.append(p.name)

@@ -286,7 +286,7 @@ class DefaultNet(nn.Module):
         try:
             self.load_imagenet_encoder(read_tensors(path))
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise ValueError(f"{path}: {one_line(exc)}") from None
         return f"imagenet:{os.path.basename(path)}"
 
 

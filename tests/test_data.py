@@ -104,6 +104,14 @@ def test_bad_kaggle_folders_are_refused_clearly(make_kaggle, damage, message):
         split_dataset([root], "train", 0.1, 32)
 
 
+def test_kaggle_all_split_and_refusals_exit_2(kaggle_dir):
+    every = split_dataset([kaggle_dir], "all", 0.1, 32)
+    assert list(every.indices) == list(range(30))
+    with pytest.raises(DataError, match="unknown split 'test'") as err:
+        split_dataset([kaggle_dir], "test", 0.1, 32)
+    assert err.value.exit_code == 2
+
+
 def test_kaggle_folder_must_train_alone(kaggle_dir, image_folder):
     with pytest.raises(DataError, match="trains on its own"):
         split_dataset([kaggle_dir, image_folder], "train", 0.1, 32)

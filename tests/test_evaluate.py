@@ -232,8 +232,9 @@ def test_evaluate_set_refuses_bad_input_before_work(kaggle_dir, tmp_path):
     bad.write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="not a readable weights file"):
         evaluate_set(EvalConfig(data=(str(kaggle_dir),), weights=(str(bad),)))
-    with pytest.raises(EvalError, match="nothing to evaluate"):
+    with pytest.raises(EvalError, match="nothing to evaluate") as err:
         evaluate_set(EvalConfig(weights=(str(bad),)))
+    assert err.value.exit_code == 2
     with pytest.raises(EvalError, match="go together"):
         evaluate_set(EvalConfig(pred=str(tmp_path)))
     w = _weights(tmp_path, "s.pt")

@@ -293,3 +293,20 @@ def test_a_new_table_entry_trains_without_touching_train_py(kaggle_dir, tmp_path
         train(_cfg([kaggle_dir], tmp_path / "t.pt", model="tiny", steps=2, lr=None), ev)
     assert ev.of("start")[0]["lr"] == 2e-2 and "encoder_init" not in ev.of("start")[0]
     assert checkpoint.read(tmp_path / "t.pt")["model"] == "tiny"
+
+
+class _DivergingNet(model_table.SeedNet):
+    def make_loss(self, rebalance, sigma, reg_weight):
+        mse = super().make_loss(rebalance, sigma, reg_weight)
+        return lambda raw, l8, ab8: mse(raw, l8, ab8) * float("nan")
+
+
+def test_a_diverging_loss_fails_part_way_with_exit_1(kaggle_dir, tmp_path, monkeypatch):
+    from colourbatch.train import TrainFailed
+
+    monkeypatch.setitem(model_table.MODELS, "nan",
+                        model_table.ModelEntry(model_table.SeedConfig, _DivergingNet, lr=1e-3))
+    with _deadline(60), pytest.raises(TrainFailed, match="loss became nan at step 1; lower --lr") as err:
+        train(_cfg([kaggle_dir], tmp_path / "n.pt", model="nan", steps=3))
+    assert err.value.exit_code == 1 and isinstance(err.value, TrainError)
+    assert TrainError("x").exit_code == 2  # refusals before work
