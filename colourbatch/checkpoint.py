@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import files
-from .errors import ColourbatchError, WriteError, one_line
+from .errors import ColourbatchError, InputError, WriteError, one_line
 from .model import build_model, model_config
 
 FORMAT = "colourbatch-weights"
@@ -86,8 +86,10 @@ def _open(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: weights file not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a weights file")
+    try:
+        files.check_regular(path)  # a FIFO would block torch.load forever, /dev/zero never ends
+    except InputError as exc:
+        raise CheckpointError(f"{path}: {exc}, not a weights file") from None
     return _torch_load(path)
 
 

@@ -219,6 +219,8 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
     and notes leave through `on_event(kind, info)`.
     """
     emit = on_event or (lambda kind, info: None)
+    if cfg.sheet and Path(cfg.sheet).is_dir():
+        raise EvalError(f"{cfg.sheet}: is a folder; give the contact sheet a file name")
     if cfg.pred or cfg.truth:
         if not (cfg.pred and cfg.truth):
             raise EvalError("--pred and --truth go together")

@@ -106,6 +106,8 @@ def _train(cfg, emit, device, dtype, rank, world, main):
     out = Path(cfg.out)
     ck_path = Path(cfg.checkpoint) if cfg.checkpoint else out.with_name(out.name + ".ckpt")
     for p in (out, ck_path):
+        if p.is_dir():
+            raise TrainError(f"{p}: is a folder; give a file name to write")
         if p.parent.exists() and not os.access(p.parent, os.W_OK):
             raise TrainError(f"{p.parent}: not writable")
 

@@ -2,6 +2,7 @@
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,27 @@ def test_read_tensors_takes_only_a_dict_of_tensors(tmp_path, kind):
     assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
     torch.save({"features.0.0.weight": torch.zeros(1)}, p)
     assert list(checkpoint.read_tensors(p)) == ["features.0.0.weight"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_paths_that_are_not_files_are_refused_without_reading(tmp_path, kind):
+    p = tmp_path / "w.pt"
+    if kind == "folder":
+        p.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(p)  # torch.load would block on it forever
+    else:
+        p.symlink_to("/dev/zero")  # ... or read without end
+    def hung(*_):
+        raise TimeoutError("checkpoint.load blocked on a path that is not a file")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)  # a regression would hang the suite: fail instead
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match="not a regular file .* not a weights file"):
+            checkpoint.load(p)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_bare_state_dict_needs_model_name(tmp_path):

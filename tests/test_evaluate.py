@@ -235,6 +235,8 @@ def test_evaluate_set_refuses_bad_input_before_work(kaggle_dir, tmp_path):
     with pytest.raises(EvalError, match="nothing to evaluate") as err:
         evaluate_set(EvalConfig(weights=(str(bad),)))
     assert err.value.exit_code == 2
+    with pytest.raises(EvalError, match="is a folder; give the contact sheet a file name"):
+        evaluate_set(EvalConfig(data=(str(kaggle_dir),), sheet=str(tmp_path)))
     with pytest.raises(EvalError, match="go together"):
         evaluate_set(EvalConfig(pred=str(tmp_path)))
     w = _weights(tmp_path, "s.pt")

@@ -195,6 +195,9 @@ def test_bad_runs_are_refused_before_training(kaggle_dir, tmp_path):
     with pytest.raises(TrainError, match="cannot initialise the encoder"):
         train(_cfg([kaggle_dir], tmp_path / "x.pt", model="default",
                    init_encoder=str(tmp_path / "no-such.pth")))
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(TrainError, match="dir.pt: is a folder"):
+        train(_cfg([kaggle_dir], tmp_path / "dir.pt"))
     (tmp_path / "k2" / "l").mkdir(parents=True)
     with pytest.raises(DataError, match="lacks l/gray_scale.npy"):
         train(_cfg([tmp_path / "k2"], tmp_path / "x.pt"))
