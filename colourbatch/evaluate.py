@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import colour, files
-from .data import (VAL_FRACTION, DataError, list_images, make_loader, read_colour_image,
+from .data import (VAL_FRACTION, ImageError, list_images, make_loader, read_colour_image,
                    split_dataset)
 from .device import autocast, prepare_model
 from .errors import ColourbatchError, one_line
@@ -350,7 +350,7 @@ def evaluate_folders(cfg: EvalConfig, emit=None) -> dict[str, Any]:
         try:
             # White background: what a viewer shows under a transparent PNG.
             pred_rgb, true_rgb = read_colour_image(p), read_colour_image(t)
-        except (DataError, cv2.error) as exc:
+        except (ImageError, cv2.error) as exc:
             skipped.append(str(p))
             emit("skip", {"path": str(p), "reason": one_line(exc)})
             continue

@@ -155,6 +155,17 @@ def test_empty_or_missing_image_folder_is_an_error(tmp_path):
         split_dataset([tmp_path / "nope"], "train", 0.1, 32)
 
 
+def test_unusable_pixels_are_one_input_error_not_a_data_set_error():
+    from colourbatch.data import ImageError, to_rgb8
+    from colourbatch.errors import InputError
+
+    for img in (np.zeros((4, 4), np.int32), np.zeros((4, 4, 5), np.uint8)):
+        with pytest.raises(ImageError, match="unsupported") as err:
+            to_rgb8(img)
+        assert isinstance(err.value, InputError) and err.value.exit_code == 1
+        assert isinstance(err.value, ValueError)  # pages.decode_page still catches ValueError
+
+
 def test_training_crops_are_reproducible(image_folder):
     a = ImageFolderDataset([image_folder], "train", 0.0, size=32, crops=2, seed=5)
     b = ImageFolderDataset([image_folder], "train", 0.0, size=32, crops=2, seed=5)
