@@ -218,7 +218,7 @@ class ImageFolderDataset(Dataset):
     def __init__(self, roots: Sequence[str | os.PathLike], split: str = "train",
                  val_fraction: float = VAL_FRACTION, size: int = colour.TILE, crops: int = 1,
                  seed: int = 0, max_side: int = 1024, on_skip=None, augment: bool | None = None):
-        self.size, self.seed, self.split = size, seed, split
+        self.size, self.seed = size, seed
         self.augment = split == "train" if augment is None else augment
         self.crops = crops if self.augment else 1
         self.items: list[FolderImage] = []
