@@ -7,15 +7,16 @@ encoding the Kaggle "image-colorization" set uses:
     a8 = a + 128, b8 = b + 128 (a, b in LAB units)
 
 The model sees L as a float in [0, 1] (L8 / 255) and predicts a/b in LAB units
-centred on zero; the helpers below convert between the three forms.
+centred on zero; the helpers below convert between the three forms, and
+`l_tile` is the one squeeze of a picture to the model's square tile.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-#: 8-bit L value per LAB L unit (OpenCV's 8-bit LAB stores L * 255/100).
-L_SCALE = 255.0 / 100.0
+#: Largest 8-bit L value: the model's L input is L8 / L8_MAX, in [0, 1].
+L8_MAX = 255.0
 #: 8-bit a/b value of a neutral grey (OpenCV stores a + 128, b + 128).
 AB_OFFSET = 128.0
 #: Side of the square tile the models see.
@@ -46,18 +47,19 @@ def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(_c(grey), cv2.COLOR_GRAY2RGB)
 
 
-def l_tile(l8: np.ndarray, size: int = TILE) -> np.ndarray:
-    """Squeeze an L8 plane of any shape to the model's square tile.
+def l_tile(img: np.ndarray, size: int = TILE) -> np.ndarray:
+    """Squeeze an L8 plane (H, W) or a LAB image (H, W, 3) of any shape to the square tile.
 
-    Squeezing (not padding) keeps every model pixel busy; training applies the
-    same squeeze to crops of random aspect ratio, so the model has seen
-    stretched content. INTER_AREA averages instead of aliasing on downscale.
+    The one squeeze: inference applies it to pages and frames, training to
+    crops of random aspect ratio, so the model has seen stretched content.
+    Squeezing (not padding) keeps every model pixel busy; INTER_AREA averages
+    instead of aliasing on downscale.
     """
-    h, w = l8.shape[:2]
+    h, w = img.shape[:2]
     if (h, w) == (size, size):
-        return np.ascontiguousarray(l8)
+        return np.ascontiguousarray(img)
     interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
-    return cv2.resize(_c(l8), (size, size), interpolation=interp)
+    return cv2.resize(_c(img), (size, size), interpolation=interp)
 
 
 def merge_l_ab(l8: np.ndarray, ab8: np.ndarray) -> np.ndarray:
@@ -117,24 +119,24 @@ def _l_of(rgb_rows: np.ndarray) -> np.ndarray:
 
 def grey_lab(l8: np.ndarray) -> np.ndarray:
     """The grey baseline: L8 with a = b = 128, as uint8 LAB (H, W, 3)."""
-    lab = np.full(l8.shape[:2] + (3,), 128, np.uint8)
+    lab = np.full(l8.shape[:2] + (3,), int(AB_OFFSET), np.uint8)
     lab[..., 0] = l8
     return lab
 
 
-def l_to_unit(l8):
-    """L8 (uint8, numpy or torch) -> float L in [0, 1], the model's input."""
-    return l8 / 255.0
+def l8_to_unit(l8):
+    """uint8 L8 (a torch tensor) -> float32 L in [0, 1], the model's input."""
+    return l8.float().div_(L8_MAX)
 
 
 def ab8_to_units(ab8):
-    """8-bit a/b (0..255) -> LAB units centred on 0 (float)."""
+    """8-bit a/b (0..255, float numpy or torch) -> LAB units centred on 0."""
     return ab8 - AB_OFFSET
 
 
 def units_to_ab8(ab):
-    """LAB-unit a/b -> 8-bit a/b values (float, not yet rounded or clipped)."""
-    return ab + AB_OFFSET
+    """LAB-unit a/b (a float torch tensor) -> uint8 8-bit a/b, rounded and clamped to 0..255."""
+    return ab.float().add(AB_OFFSET).round_().clamp_(0, 255).byte()
 
 
 def chroma_share(rgb: np.ndarray, threshold: float = GREY_CHROMA) -> float:

@@ -1,6 +1,6 @@
 """Datasets and the DataLoader builder.
 
-Training/evaluation data: the Kaggle "image-colorization" arrays (memory-mapped,
+Training/evaluation data, and the one train/val/all split (`split_dataset`): the Kaggle "image-colorization" arrays (memory-mapped,
 never loaded whole) and folders of colour images (RGBA cut-outs composited on a
 background). Both yield ``(l8, ab8)``: uint8 tensors (1, S, S) and (2, S, S) in
 OpenCV 8-bit LAB; conversion to floats happens on the training device.
@@ -24,14 +24,29 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import colour
+from .errors import ColourbatchError, InputError, one_line
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 KAGGLE_GREY = Path("l") / "gray_scale.npy"
 KAGGLE_AB = ("ab1.npy", "ab2.npy", "ab3.npy")
 
 
-class DataError(ValueError):
-    """A data set that is missing, malformed or empty."""
+#: The splits a data set can be cut into: train (never scored on), val (held out), all.
+SPLITS = ("train", "val", "all")
+#: Share of a data set held out for validation unless told otherwise (train and evaluate).
+VAL_FRACTION = 0.05
+
+
+class DataError(ColourbatchError):
+    """A data set that is missing, malformed or empty (refused before any work: exit 2)."""
+
+
+class ImageError(InputError, ValueError):
+    """One picture that cannot be read or converted: skipped and listed, the rest go on (exit 1).
+
+    Also a ValueError only so that pages.decode_page, which catches ValueError
+    around to_rgb8 today, keeps catching it; drop that base once it catches InputError.
+    """
 
 
 # ------------------------------------------------------------------ the split
@@ -68,7 +83,7 @@ def _open_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r")
     except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({exc})") from None
+        raise DataError(f"{path}: not a readable .npy array ({one_line(exc)})") from None
 
 
 class KaggleDataset(Dataset):
@@ -78,7 +93,7 @@ class KaggleDataset(Dataset):
     trains in a few hundred MB of RAM.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", val_fraction: float = 0.05,
+    def __init__(self, root: str | os.PathLike, split: str = "train", val_fraction: float = VAL_FRACTION,
                  augment: bool = True, size: int = colour.TILE, seed: int = 0):
         root = Path(root)
         self.root, self.augment, self.size, self.seed = root, augment, size, seed
@@ -98,7 +113,8 @@ class KaggleDataset(Dataset):
         # The last val_fraction of the set is validation: fixed, and never trained on.
         n_val = int(round(len(self.grey) * val_fraction))
         cut = len(self.grey) - n_val
-        self.indices = np.arange(cut) if split == "train" else np.arange(cut, len(self.grey))
+        first, end = {"train": (0, cut), "val": (cut, len(self.grey)), "all": (0, len(self.grey))}[split]
+        self.indices = np.arange(first, end)
         if len(self.indices) == 0:
             raise DataError(f"{root}: the {split} split is empty")
         self.epoch = 0
@@ -114,16 +130,10 @@ class KaggleDataset(Dataset):
         k = int(np.searchsorted(self.offsets, j, side="right") - 1)
         # np.array copies the one picture out of the read-only memmap: a tensor aliasing
         # the map is unwritable (torch warns of undefined behaviour) and pins its pages.
-        l8 = np.array(self.grey[j])
-        ab8 = np.array(self.ab[k][j - self.offsets[k]])
+        lab = np.dstack([self.grey[j], self.ab[k][j - self.offsets[k]]])
         if self.augment and _rng(self.seed, self.epoch, i).random() < 0.5:
-            l8, ab8 = l8[:, ::-1], ab8[:, ::-1]
-        if l8.shape != (self.size, self.size):
-            l8 = colour.l_tile(l8, self.size)
-            ab8 = cv2.resize(np.ascontiguousarray(ab8), (self.size, self.size),
-                             interpolation=cv2.INTER_AREA)
-        return (torch.from_numpy(np.ascontiguousarray(l8))[None],
-                torch.from_numpy(np.ascontiguousarray(ab8)).permute(2, 0, 1).contiguous())
+            lab = lab[:, ::-1]
+        return _lab_tensors(colour.l_tile(lab, self.size))
 
 
 # ---------------------------------------------------------------- image folders
@@ -147,7 +157,7 @@ def read_colour_image(path: str | os.PathLike, max_side: int = 0,
     buf = np.fromfile(str(path), np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is None:
-        raise DataError(f"{path}: not a readable image")
+        raise ImageError(f"{path}: not a readable image")
     rgb = to_rgb8(img, background)
     h, w = rgb.shape[:2]
     if max_side and max(h, w) > max_side:
@@ -169,7 +179,7 @@ def to_rgb8(img: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
     elif img.dtype in (np.float32, np.float64):
         img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     elif img.dtype != np.uint8:
-        raise DataError(f"unsupported pixel type {img.dtype}")
+        raise ImageError(f"unsupported pixel type {img.dtype}")
     if img.ndim == 2:
         return colour.grey_to_rgb(img)
     c = img.shape[2]
@@ -182,7 +192,7 @@ def to_rgb8(img: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
     elif c == 4:
         rgb, alpha = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB), img[..., 3]
     else:
-        raise DataError(f"unsupported channel count {c}")
+        raise ImageError(f"unsupported channel count {c}")
     a = alpha.astype(np.float32)[..., None] / 255.0
     bg = np.asarray(background, np.float32)
     return (rgb.astype(np.float32) * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
@@ -197,18 +207,20 @@ class FolderImage:
 class ImageFolderDataset(Dataset):
     """Colour images from folders, converted once to LAB and kept in memory.
 
-    Training: `crops` random crops per image per epoch, each of random area
-    (25-100 % of the image), aspect ratio (1:2 to 2:1, squeezed to a square
-    exactly as inference squeezes frames and pages), horizontal flip, and scale
-    jitter from the area choice. Validation: each whole image squeezed once.
-    RGBA cut-outs are composited on a random flat background per image.
+    With `augment` (training): `crops` random crops per image per epoch, each
+    of random area (25-100 % of the image), aspect ratio (1:2 to 2:1, squeezed
+    to a square exactly as inference squeezes frames and pages), horizontal
+    flip, and scale jitter from the area choice. Without (validation,
+    evaluation): each whole image squeezed once. RGBA cut-outs are composited
+    on a random flat background per image.
     """
 
     def __init__(self, roots: Sequence[str | os.PathLike], split: str = "train",
-                 val_fraction: float = 0.05, size: int = colour.TILE, crops: int = 1,
-                 seed: int = 0, max_side: int = 1024, on_skip=None):
-        self.size, self.seed, self.split = size, seed, split
-        self.crops = crops if split == "train" else 1
+                 val_fraction: float = VAL_FRACTION, size: int = colour.TILE, crops: int = 1,
+                 seed: int = 0, max_side: int = 1024, on_skip=None, augment: bool | None = None):
+        self.size, self.seed = size, seed
+        self.augment = split == "train" if augment is None else augment
+        self.crops = crops if self.augment else 1
         self.items: list[FolderImage] = []
         self.skipped: list[tuple[str, str]] = []
         files: list[tuple[Path, str]] = []
@@ -219,15 +231,15 @@ class ImageFolderDataset(Dataset):
             base = root if root.is_dir() else root.parent
             found = [(p, f"{base.name}/{p.relative_to(base).as_posix()}") for p in list_images(root)]
             val = validation_keys([k for _, k in found], val_fraction)
-            files += [(p, k) for p, k in found if (k in val) == (split != "train")]
+            files += [(p, k) for p, k in found if split == "all" or (k in val) == (split == "val")]
         for p, key in files:
             bg = tuple(int(v) for v in _rng(seed, 0, _stable_int(key)).integers(0, 256, 3))
             try:
                 rgb = read_colour_image(p, max_side, bg)
-            except (DataError, cv2.error) as exc:
-                self.skipped.append((str(p), str(exc)))
+            except (ImageError, cv2.error) as exc:
+                self.skipped.append((str(p), one_line(exc)))
                 if on_skip:
-                    on_skip(str(p), str(exc))
+                    on_skip(str(p), one_line(exc))
                 continue
             if min(rgb.shape[:2]) < 8:
                 self.skipped.append((str(p), "smaller than 8 pixels"))
@@ -245,12 +257,9 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int):
         lab = self.items[i % len(self.items)].lab
-        if self.split == "train":
+        if self.augment:
             lab = self._random_crop(lab, _rng(self.seed, self.epoch, i))
-        else:
-            lab = _squeeze(lab, self.size)
-        t = torch.from_numpy(np.ascontiguousarray(lab)).permute(2, 0, 1)
-        return t[:1].contiguous(), t[1:].contiguous()
+        return _lab_tensors(colour.l_tile(lab, self.size))
 
     def _random_crop(self, lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = lab.shape[:2]
@@ -263,13 +272,13 @@ class ImageFolderDataset(Dataset):
         crop = lab[y:y + ch, x:x + cw]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        return _squeeze(crop, self.size)
+        return crop
 
 
-def _squeeze(lab: np.ndarray, size: int) -> np.ndarray:
-    h, w = lab.shape[:2]
-    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(lab), (size, size), interpolation=interp)
+def _lab_tensors(lab: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 LAB tile (S, S, 3) -> the (l8 (1, S, S), ab8 (2, S, S)) pair every data set yields."""
+    t = torch.from_numpy(np.ascontiguousarray(lab)).permute(2, 0, 1)
+    return t[:1].contiguous(), t[1:].contiguous()
 
 
 def check_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -283,19 +292,28 @@ def check_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return paths
 
 
-def training_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: float,
-                     size: int, crops: int, seed: int, on_skip=None) -> Dataset:
-    """One Kaggle folder, or any number of image folders, as a Dataset of (l8, ab8)."""
+def split_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: float = VAL_FRACTION,
+                  size: int = colour.TILE, crops: int = 1, seed: int = 0, augment: bool = False,
+                  on_skip=None) -> Dataset:
+    """One Kaggle folder, or any number of image folders, as a Dataset of (l8, ab8) tiles.
+
+    `split` is one of SPLITS: the same `val_fraction` always holds out the
+    same pictures, so training and evaluation agree on what was never trained
+    on. `augment` (training) draws `crops` random crops and flips per picture;
+    without it every picture is squeezed whole, once.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
     paths = check_paths(paths)
     kaggle = [p for p in paths if is_kaggle_dir(p)]
     if kaggle:
         if len(paths) > 1:
             raise DataError("a Kaggle folder trains on its own; give it as the only --data")
-        return KaggleDataset(kaggle[0], split, val_fraction, augment=split == "train",
-                             size=size, seed=seed)
+        return KaggleDataset(kaggle[0], split, val_fraction, augment=augment, size=size, seed=seed)
     if any((p / "l").is_dir() or (p / "ab").is_dir() for p in paths):
         raise DataError(f"{paths[0]}: looks like a Kaggle folder but lacks l/gray_scale.npy")
-    return ImageFolderDataset(paths, split, val_fraction, size, crops, seed, on_skip=on_skip)
+    return ImageFolderDataset(paths, split, val_fraction, size, crops if augment else 1, seed,
+                              on_skip=on_skip, augment=augment)
 
 
 # ------------------------------------------------------------------- sampling

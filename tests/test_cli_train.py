@@ -84,7 +84,7 @@ def test_train_bad_input_is_one_error_line(kaggle_dir, tmp_path, case, message):
             pytest.skip("this machine has CUDA")
         args += ["--device", "cuda"]
     r = _run(*args)
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # refused before any training
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert r.stderr.startswith("error: ") and message in r.stderr
     assert "Traceback" not in r.output
@@ -177,5 +177,5 @@ def test_evaluate_bad_input_is_one_error_line(tmp_path, kaggle_dir, args, messag
     if args and args[0] == "--weights":
         args = ["--data", str(kaggle_dir)] + args
     r = _run("evaluate", *args)
-    assert r.exit_code == 1 and r.stderr.startswith("error: ") and message in r.stderr, r.output
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.output
     assert "Traceback" not in r.output

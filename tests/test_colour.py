@@ -1,6 +1,7 @@
 """colour.py: the LAB encoding the Kaggle set uses, and merging a/b with L."""
 import cv2
 import numpy as np
+import torch
 
 from colourbatch import colour
 
@@ -14,7 +15,7 @@ def test_lab_encoding_matches_opencv_8bit_convention():
     assert lab[0, 3, 1] > 128 + 60 and lab[0, 3, 2] > 128 + 50   # red: a, b strongly positive
     back = colour.lab_to_rgb(lab)
     assert np.abs(back.astype(int) - rgb).max() <= 2
-    assert colour.L_SCALE == 2.55 and colour.AB_OFFSET == 128
+    assert colour.L8_MAX == 255 and colour.AB_OFFSET == 128
 
 
 def test_merge_keeps_full_resolution_l():
@@ -49,6 +50,25 @@ def test_tile_squeezes_any_aspect():
     assert tile.shape == (224, 224)
     assert tile[:100].mean() > 190 and tile[130:].mean() < 10
     assert colour.l_tile(np.full((5, 9), 7, np.uint8)).shape == (224, 224)
+
+
+def test_the_one_squeeze_takes_lab_images_plane_by_plane():
+    rng = np.random.default_rng(4)
+    for shape in ((90, 40), (20, 30), (224, 224)):
+        lab = rng.integers(0, 256, shape + (3,)).astype(np.uint8)
+        tile = colour.l_tile(lab)
+        assert tile.shape == (224, 224, 3)
+        for c in range(3):
+            assert np.array_equal(tile[..., c], colour.l_tile(lab[..., c]))
+
+
+def test_model_scalings_round_trip():
+    l8 = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
+    assert torch.allclose(colour.l8_to_unit(l8), torch.tensor([[0.0, 0.2, 1.0]]))
+    ab8 = torch.tensor([0.0, 128.0, 255.0])
+    assert colour.ab8_to_units(ab8).tolist() == [-128.0, 0.0, 127.0]
+    back = colour.units_to_ab8(torch.tensor([-500.0, -128.0, 0.4, 0.6, 127.0, 900.0]))
+    assert back.dtype == torch.uint8 and back.tolist() == [0, 0, 128, 129, 255, 255]
 
 
 def test_greyscale_detection():

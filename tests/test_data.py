@@ -7,7 +7,7 @@ import torch
 
 from colourbatch import colour
 from colourbatch.data import (DataError, ImageFolderDataset, KaggleDataset, ResumableSampler,
-                              training_dataset)
+                              split_dataset)
 
 
 # ------------------------------------------------------------------ Kaggle
@@ -42,7 +42,7 @@ def test_kaggle_split_is_the_fixed_tail(kaggle_dir):
 
 def test_kaggle_any_picture_size_is_squeezed_to_the_tile(make_kaggle):
     root = make_kaggle("big", counts=(3, 2, 1), size=48)
-    ds = training_dataset([root], "train", 0.2, size=32, crops=1, seed=0)
+    ds = split_dataset([root], "train", 0.2, size=32, augment=True)
     l8, ab8 = ds[0]
     assert l8.shape == (1, 32, 32) and ab8.shape == (2, 32, 32)
 
@@ -101,12 +101,20 @@ def test_bad_kaggle_folders_are_refused_clearly(make_kaggle, damage, message):
     elif damage == "no_grey":
         (root / "l" / "gray_scale.npy").unlink()
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        training_dataset([root], "train", 0.1, 32, 1, 0)
+        split_dataset([root], "train", 0.1, 32)
+
+
+def test_kaggle_all_split_and_refusals_exit_2(kaggle_dir):
+    every = split_dataset([kaggle_dir], "all", 0.1, 32)
+    assert list(every.indices) == list(range(30))
+    with pytest.raises(DataError, match="unknown split 'test'") as err:
+        split_dataset([kaggle_dir], "test", 0.1, 32)
+    assert err.value.exit_code == 2
 
 
 def test_kaggle_folder_must_train_alone(kaggle_dir, image_folder):
     with pytest.raises(DataError, match="trains on its own"):
-        training_dataset([kaggle_dir, image_folder], "train", 0.1, 32, 1, 0)
+        split_dataset([kaggle_dir, image_folder], "train", 0.1, 32)
 
 
 # ------------------------------------------------------------ image folders
@@ -142,9 +150,20 @@ def test_image_folder_split_is_stable_and_disjoint(image_folder):
 def test_empty_or_missing_image_folder_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no readable images"):
-        training_dataset([tmp_path / "empty"], "train", 0.1, 32, 1, 0)
+        split_dataset([tmp_path / "empty"], "train", 0.1, 32)
     with pytest.raises(DataError, match="no such file or folder"):
-        training_dataset([tmp_path / "nope"], "train", 0.1, 32, 1, 0)
+        split_dataset([tmp_path / "nope"], "train", 0.1, 32)
+
+
+def test_unusable_pixels_are_one_input_error_not_a_data_set_error():
+    from colourbatch.data import ImageError, to_rgb8
+    from colourbatch.errors import InputError
+
+    for img in (np.zeros((4, 4), np.int32), np.zeros((4, 4, 5), np.uint8)):
+        with pytest.raises(ImageError, match="unsupported") as err:
+            to_rgb8(img)
+        assert isinstance(err.value, InputError) and err.value.exit_code == 1
+        assert isinstance(err.value, ValueError)  # pages.decode_page still catches ValueError
 
 
 def test_training_crops_are_reproducible(image_folder):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from colourbatch import device
+from colourbatch.errors import ColourbatchError
 
 
 def test_cpu_choices():
@@ -18,8 +19,11 @@ def test_cpu_choices():
 
 
 def test_bad_requests():
-    with pytest.raises(device.DeviceError, match="unknown device"):
+    with pytest.raises(device.DeviceError, match="unknown device") as err:
         device.pick_device("tpu")
+    assert isinstance(err.value, ColourbatchError) and err.value.exit_code == 2
+    with pytest.raises(device.DeviceError, match="unknown precision 'fp8' .use auto, fp32, bf16, fp16"):
+        device.resolve_precision(torch.device("cpu"), "fp8")
     if not torch.cuda.is_available():
         with pytest.raises(device.DeviceError, match="no CUDA device"):
             device.pick_device("cuda")

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from colourbatch import checkpoint, colour
-from colourbatch.data import make_loader, training_dataset
+from colourbatch.checkpoint import CheckpointError
+from colourbatch.data import DataError, make_loader, split_dataset
+from colourbatch.errors import WriteError
 from colourbatch.evaluate import (EvalConfig, EvalError, Metrics, colourfulness, contact_sheet,
-                                  eval_dataset, evaluate_model, evaluate_set, psnr, ssim, write_png)
+                                  evaluate_model, evaluate_set, psnr, ssim, write_png)
 from colourbatch.model import build_model
 
 
@@ -139,7 +141,7 @@ def _constant_seed_model(a8: float, b8: float):
 
 
 def test_a_model_predicting_grey_scores_exactly_as_the_grey_baseline(kaggle_dir):
-    ds = training_dataset([kaggle_dir], "val", 0.2, 32, 1, 0)
+    ds = split_dataset([kaggle_dir], "val", 0.2, 32)
     loader = make_loader(ds, 4, 0)
     seen = []
     res = evaluate_model(_constant_seed_model(128, 128), loader, torch.device("cpu"), torch.float32,
@@ -152,7 +154,7 @@ def test_a_model_predicting_grey_scores_exactly_as_the_grey_baseline(kaggle_dir)
 
 
 def test_evaluate_model_stops_at_max_images_and_sees_colour(kaggle_dir):
-    ds = training_dataset([kaggle_dir], "val", 0.2, 32, 1, 0)
+    ds = split_dataset([kaggle_dir], "val", 0.2, 32)
     res = evaluate_model(_constant_seed_model(168, 88), make_loader(ds, 4, 0), torch.device("cpu"),
                          torch.float32, max_images=5)
     assert res["model"]["images"] == 5 and "grey" not in res
@@ -192,26 +194,53 @@ def test_evaluate_set_splits(kaggle_dir, image_folder, tmp_path):
         return evaluate_set(cfg)["images"]
     assert (n(kaggle_dir, "val"), n(kaggle_dir, "train"), n(kaggle_dir, "all")) == (3, 27, 30)
     skips = []
-    val = eval_dataset([image_folder], "val", 0.3, 32, lambda p, why: skips.append(p))
-    train = eval_dataset([image_folder], "train", 0.3, 32)
-    every = eval_dataset([image_folder], "all", 0.3, 32)
+    val = split_dataset([image_folder], "val", 0.3, 32, on_skip=lambda p, why: skips.append(p))
+    train = split_dataset([image_folder], "train", 0.3, 32)
+    every = split_dataset([image_folder], "all", 0.3, 32)
     assert len(val) + len(train) == len(every) == 11  # the unreadable file is left out
     assert len(every[0]) == 2 and every[0][0].shape == (1, 32, 32)
-    with pytest.raises(EvalError, match="unknown split"):
-        eval_dataset([image_folder], "test", 0.1, 32)
+    with pytest.raises(DataError, match="unknown split"):
+        split_dataset([image_folder], "test", 0.1, 32)
+
+
+def test_evaluate_uses_the_split_and_fraction_training_uses(image_folder, tmp_path):
+    from colourbatch.data import VAL_FRACTION
+    from colourbatch.train import TrainConfig
+
+    assert TrainConfig().val_fraction == VAL_FRACTION  # one default for both commands
+    w = _weights(tmp_path, "s.pt")  # no train_config: the shared default applies
+    cfg = EvalConfig(data=(str(image_folder),), weights=(str(w),), size=32, device="cpu", precision="fp32")
+    res = evaluate_set(cfg)
+    trained_on = split_dataset([image_folder], "train", VAL_FRACTION, 32, crops=3, augment=True)
+    held_out = split_dataset([image_folder], "val", VAL_FRACTION, 32)
+    assert res["val_fraction"] == VAL_FRACTION and res["images"] == len(held_out) >= 1
+    assert len(trained_on) == 3 * (11 - len(held_out))
+    # Unaugmented, every picture is squeezed whole: the same tile on every call.
+    assert torch.equal(held_out[0][1], held_out[0][1])
+
+
+def test_evaluate_without_shipped_weights_says_so(kaggle_dir, tmp_path, monkeypatch):
+    from colourbatch.pipeline import PipelineError
+
+    monkeypatch.setattr(checkpoint, "shipped_weights", lambda name="default": tmp_path / "gone.pt")
+    with pytest.raises(PipelineError, match="no shipped weights at .*gone.pt; pass --weights FILE"):
+        evaluate_set(EvalConfig(data=(str(kaggle_dir),)))
 
 
 def test_evaluate_set_refuses_bad_input_before_work(kaggle_dir, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
-    with pytest.raises(EvalError, match="not a readable weights file"):
+    with pytest.raises(CheckpointError, match="not a readable weights file"):
         evaluate_set(EvalConfig(data=(str(kaggle_dir),), weights=(str(bad),)))
-    with pytest.raises(EvalError, match="nothing to evaluate"):
+    with pytest.raises(EvalError, match="nothing to evaluate") as err:
         evaluate_set(EvalConfig(weights=(str(bad),)))
+    assert err.value.exit_code == 2
+    with pytest.raises(EvalError, match="is a folder; give the contact sheet a file name"):
+        evaluate_set(EvalConfig(data=(str(kaggle_dir),), sheet=str(tmp_path)))
     with pytest.raises(EvalError, match="go together"):
         evaluate_set(EvalConfig(pred=str(tmp_path)))
     w = _weights(tmp_path, "s.pt")
-    with pytest.raises(EvalError, match="no such file or folder"):
+    with pytest.raises(DataError, match="no such file or folder"):
         evaluate_set(EvalConfig(data=(str(tmp_path / "none"),), weights=(str(w),)))
 
 
@@ -302,5 +331,5 @@ def test_contact_sheet_layout_and_atomic_png(tmp_path):
     assert np.array_equal(back, sheet)
     assert [p.name for p in tmp_path.iterdir()] == ["s.png"]  # no temporary left behind
     (tmp_path / "file").write_text("x")
-    with pytest.raises(EvalError, match="cannot write"):
+    with pytest.raises(WriteError, match="cannot"):
         write_png(tmp_path / "file" / "s.png", sheet)

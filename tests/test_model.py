@@ -1,8 +1,9 @@
 """model.py: the seed baseline as ColourMePy built it, and the default network."""
 import pytest
 import torch
+import torch.nn.functional as F
 
-from colourbatch.model import MODELS, build_model, model_config, predict_ab8
+from colourbatch.model import MODELS, build_model, model_config, model_input, predict_ab8
 
 
 def test_seed_is_colourmepy():
@@ -54,7 +55,94 @@ def test_table_round_trip_and_errors():
 
 
 def test_predict_ab8_is_uint8_and_clamped():
-    m = build_model("seed").eval()
+    # Raw seed outputs of -100 and 400 decode to a/b far outside 0..255: they must clamp, not wrap.
+    m = _constant_seed_model((0.0, -100.0, 400.0))
     with torch.no_grad():
         ab = predict_ab8(m, torch.full((3, 1, 32, 32), 100, dtype=torch.uint8))
     assert ab.dtype == torch.uint8 and ab.shape == (3, 2, 32, 32)
+    assert (ab[:, 0] == 0).all() and (ab[:, 1] == 255).all()
+    # In range, it rounds: 128 + 12.6 -> 141 (and the seed model's L output is ignored).
+    m = _constant_seed_model((0.0, 140.6, 115.4))
+    with torch.no_grad():
+        ab = predict_ab8(m, torch.zeros((1, 1, 8, 8), dtype=torch.uint8))
+    assert (ab[:, 0] == 141).all() and (ab[:, 1] == 115).all()
+
+
+def _constant_seed_model(bias):
+    # The final ReLU would hide negative outputs: drop it so raw values out of range reach decode.
+    m = build_model("seed").eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.net[-2].bias.copy_(torch.tensor(bias))
+    m.net[-1] = torch.nn.Identity()
+    return m
+
+
+def test_every_model_carries_its_recipe():
+    torch.manual_seed(0)
+    for name, entry in MODELS.items():
+        net = build_model(name)
+        assert entry.lr > 0
+        opt = net.configure_optimizers(entry.lr, 0.1)
+        assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == entry.lr
+        assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in net.parameters()}
+        loss_fn = net.make_loss(0.5, 5.0, 0.5)
+        l8 = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+        ab8 = torch.randint(100, 156, (2, 2, 32, 32), dtype=torch.uint8)
+        loss = loss_fn(net(model_input(l8)), l8, ab8)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        loss.backward()
+    assert type(build_model("seed").configure_optimizers(1e-3, 0.1)) is torch.optim.Adam
+    default_opt = build_model("default").configure_optimizers(1e-3, 0.1)
+    assert type(default_opt) is torch.optim.AdamW and default_opt.param_groups[0]["weight_decay"] == 0.1
+
+
+def test_seed_loss_is_colourmepys_mse_on_0_255_lab():
+    net = build_model("seed")
+    l8 = torch.full((1, 1, 4, 4), 10, dtype=torch.uint8)
+    ab8 = torch.full((1, 2, 4, 4), 20, dtype=torch.uint8)
+    raw = torch.zeros(1, 3, 4, 4)
+    assert net.make_loss(0.5, 5.0, 0.5)(raw, l8, ab8).item() == pytest.approx((100 + 400 + 400) / 3)
+
+
+class _Tiles:
+    """A data set of one colour everywhere: a/b = (+40, -30) LAB units, at `size`."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        ab8 = torch.empty(2, self.size, self.size, dtype=torch.uint8)
+        ab8[0], ab8[1] = 168, 98
+        return torch.zeros(1, self.size, self.size, dtype=torch.uint8), ab8
+
+
+@pytest.mark.parametrize("size", [176, 224, 70])
+def test_default_prior_is_counted_at_the_networks_own_output_size(size, monkeypatch):
+    net = build_model("default").eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, size, size)).shape[-1] == net.output_size(size)
+    seen = []
+    real = F.adaptive_avg_pool2d
+    monkeypatch.setattr(F, "adaptive_avg_pool2d", lambda x, s: seen.append(s) or real(x, s))
+    net.estimate_prior(_Tiles(size))
+    assert set(seen) == {net.output_size(size)}
+    k = int(((net.bins - torch.tensor([40.0, -30.0])).abs().sum(1)).argmin())
+    assert net.prior[k].item() == pytest.approx(1.0)  # all mass on the one true bin
+
+
+def test_init_encoder_specs(tmp_path):
+    net = build_model("default")
+    assert net.init_encoder("none", None) == "random"
+    assert build_model("seed").init_encoder("auto", None) is None  # no encoder to initialise
+    state = {f"features.{k}": v + 1 for k, v in net.encoder.features.state_dict().items()
+             if v.is_floating_point()}
+    assert net.init_encoder(str(tmp_path / "mnv2.pth"), lambda p: state) == "imagenet:mnv2.pth"
+    first = next(iter(state))
+    assert torch.equal(net.encoder.features.state_dict()[first[len("features."):]], state[first])
+    with pytest.raises(ValueError, match="mnv2.pth: not a torchvision mobilenet_v2"):
+        net.init_encoder(str(tmp_path / "mnv2.pth"), lambda p: {"features.0.0.weight": torch.zeros(1)})

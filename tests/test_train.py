@@ -1,13 +1,20 @@
 """train(): loss goes down, files come out, resume is exact, bad resumes are refused."""
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 
-from colourbatch import checkpoint
+from colourbatch import checkpoint, files, model as model_table
+from colourbatch.checkpoint import CheckpointError
+from colourbatch.data import DataError
+from colourbatch.errors import WriteError
 from colourbatch.train import TrainConfig, TrainError, train
 
 
@@ -170,12 +177,12 @@ def test_resume_with_a_different_model_is_refused(kaggle_dir, tmp_path):
 def test_corrupt_or_missing_resume_file_is_a_clear_error(kaggle_dir, tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00not a torch file" * 10)
-    with pytest.raises(TrainError, match="not a readable weights file"):
+    with pytest.raises(CheckpointError, match="not a readable weights file"):
         train(_cfg([kaggle_dir], tmp_path / "x.pt", resume=str(bad)))
-    with pytest.raises(TrainError, match="weights file not found"):
+    with pytest.raises(CheckpointError, match="weights file not found"):
         train(_cfg([kaggle_dir], tmp_path / "x.pt", resume=str(tmp_path / "missing.ckpt")))
     torch.save({"format": "something-else"}, tmp_path / "other.ckpt")
-    with pytest.raises(TrainError, match="not a colourbatch weights file"):
+    with pytest.raises(CheckpointError, match="not a colourbatch weights file"):
         train(_cfg([kaggle_dir], tmp_path / "x.pt", resume=str(tmp_path / "other.ckpt")))
     assert not (tmp_path / "x.pt").exists()  # refused before any training
 
@@ -188,8 +195,11 @@ def test_bad_runs_are_refused_before_training(kaggle_dir, tmp_path):
     with pytest.raises(TrainError, match="cannot initialise the encoder"):
         train(_cfg([kaggle_dir], tmp_path / "x.pt", model="default",
                    init_encoder=str(tmp_path / "no-such.pth")))
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(TrainError, match="dir.pt: is a folder"):
+        train(_cfg([kaggle_dir], tmp_path / "dir.pt"))
     (tmp_path / "k2" / "l").mkdir(parents=True)
-    with pytest.raises(TrainError, match="lacks l/gray_scale.npy"):
+    with pytest.raises(DataError, match="lacks l/gray_scale.npy"):
         train(_cfg([tmp_path / "k2"], tmp_path / "x.pt"))
 
 
@@ -202,7 +212,104 @@ def test_a_failed_save_keeps_the_previous_checkpoint(kaggle_dir, tmp_path, monke
     def full_disk(obj, f, *a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
-    with _deadline(60), pytest.raises(OSError, match="No space left"):
+    with _deadline(60), pytest.raises(WriteError, match="No space left") as err:
         train(_cfg([kaggle_dir], out, steps=4, resume=str(tmp_path / "keep.pt.ckpt")), None)
+    assert err.value.exit_code == 1 and "\n" not in str(err.value)
     assert (tmp_path / "keep.pt.ckpt").read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if files.is_temp(p)]
+
+
+def test_train_out_on_a_full_disk_is_one_line(kaggle_dir, tmp_path):
+    # A real write failure (EFBIG past RLIMIT_FSIZE) in a `colourbatch train` process.
+    out = tmp_path / "w" / "full.pt"
+    with _deadline(60):
+        train(_cfg([kaggle_dir], out, steps=2), None)
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (40000, 40000)); "
+            "from colourbatch.cli import cli; cli()")
+    args = ["train", "--data", str(kaggle_dir), "--out", str(out), "--steps", "4", "--resume",
+            f"{out}.ckpt", "--batch-size", "8", "--size", "32", "--workers", "0", "--threads", "1",
+            "--device", "cpu", "--precision", "fp32", "--warmup", "0", "--val-fraction", "0.1", "-q"]
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "cannot write" in p.stderr, p.stderr
+    assert {q.name: q.read_bytes() for q in out.parent.iterdir()} == before  # intact, no temp left
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no_optimizer", "training state lacks 'optimizer'"),
+    ("rng_string", "'rng' is not a CPU random generator state"),
+    ("rng_dtype", "'rng' is not a CPU random generator state"),
+    ("groups", "other parameter groups"),
+    ("a_list", "training state is list"),
+])
+def test_malformed_resume_states_are_refused_before_training(kaggle_dir, tmp_path, damage, message):
+    with _deadline(60):
+        train(_cfg([kaggle_dir], tmp_path / "s.pt", steps=2), None)
+    blob = torch.load(tmp_path / "s.pt.ckpt", weights_only=True)
+    st = blob["train"]
+    if damage == "no_optimizer":
+        del st["optimizer"]
+    elif damage == "rng_string":
+        st["rng"] = "seed 0"
+    elif damage == "rng_dtype":
+        st["rng"] = st["rng"].float()
+    elif damage == "groups":
+        groups = st["optimizer"]["param_groups"]
+        groups.append(dict(groups[0], params=groups[0]["params"][4:]))
+        groups[0]["params"] = groups[0]["params"][:4]
+    else:
+        blob["train"] = [st]
+    torch.save(blob, tmp_path / "bad.ckpt")
+    events = []
+    with pytest.raises(CheckpointError, match=message) as err:
+        train(_cfg([kaggle_dir], tmp_path / "x.pt", resume=str(tmp_path / "bad.ckpt")),
+              lambda k, i: events.append(k))
+    assert "\n" not in str(err.value) and err.value.exit_code == 2
+    assert events == [] and not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle"])
+def test_init_encoder_file_that_is_not_tensors_is_one_line(kaggle_dir, tmp_path, kind):
+    import pickle
+    enc = tmp_path / "enc.pth"
+    if kind == "text":
+        enc.write_text("not weights\n")
+    else:
+        enc.write_bytes(pickle.dumps({"features.0.0.weight": [0.0]}))
+    with pytest.raises(TrainError, match="cannot initialise the encoder: .*enc.pth") as err:
+        train(_cfg([kaggle_dir], tmp_path / "x.pt", model="default", init_encoder=str(enc)))
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+
+
+class _TinyNet(model_table.SeedNet):
+    """A model training has never heard of: the table alone must make it trainable."""
+
+
+def test_a_new_table_entry_trains_without_touching_train_py(kaggle_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(model_table.MODELS, "tiny",
+                        model_table.ModelEntry(model_table.SeedConfig, _TinyNet, lr=2e-2))
+    ev = _Events()
+    with _deadline(60):
+        train(_cfg([kaggle_dir], tmp_path / "t.pt", model="tiny", steps=2, lr=None), ev)
+    assert ev.of("start")[0]["lr"] == 2e-2 and "encoder_init" not in ev.of("start")[0]
+    assert checkpoint.read(tmp_path / "t.pt")["model"] == "tiny"
+
+
+class _DivergingNet(model_table.SeedNet):
+    def make_loss(self, rebalance, sigma, reg_weight):
+        mse = super().make_loss(rebalance, sigma, reg_weight)
+        return lambda raw, l8, ab8: mse(raw, l8, ab8) * float("nan")
+
+
+def test_a_diverging_loss_fails_part_way_with_exit_1(kaggle_dir, tmp_path, monkeypatch):
+    from colourbatch.train import TrainFailed
+
+    monkeypatch.setitem(model_table.MODELS, "nan",
+                        model_table.ModelEntry(model_table.SeedConfig, _DivergingNet, lr=1e-3))
+    with _deadline(60), pytest.raises(TrainFailed, match="loss became nan at step 1; lower --lr") as err:
+        train(_cfg([kaggle_dir], tmp_path / "n.pt", model="nan", steps=3))
+    assert err.value.exit_code == 1 and isinstance(err.value, TrainError)
+    assert TrainError("x").exit_code == 2  # refusals before work

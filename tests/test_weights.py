@@ -13,7 +13,7 @@ import torch
 
 from colourbatch import checkpoint, colour
 from colourbatch.evaluate import colourfulness, psnr
-from colourbatch.pipeline import Colouriser, RunConfig
+from colourbatch.pipeline import Colouriser, PipelineError, RunConfig, load_weights, open_device
 
 WEIGHTS = checkpoint.shipped_weights().parent
 PHOTO = Path(__file__).parent / "fixtures" / "kangaroo.png"  # public domain, in the held-out split
@@ -58,3 +58,14 @@ def test_default_colours_a_real_photo_better_than_grey():
     assert np.abs(colour.rgb_to_l(pred).astype(int) - l8).mean() < 1.0  # L untouched
     _, seed_pred = colour_photo(WEIGHTS / "seed.pt")
     assert colourfulness(pred) > colourfulness(seed_pred)
+
+
+def test_the_engine_loader_is_shared_and_answers_in_one_line(tmp_path, monkeypatch):
+    net, meta, path = load_weights(None)  # None: the shipped default weights
+    assert path == WEIGHTS / "default.pt" and not net.training and meta["steps"] > 1000
+    assert open_device("cpu", "fp32", threads=1) == (torch.device("cpu"), torch.float32)
+    assert torch.get_num_threads() == 1
+    monkeypatch.setattr(checkpoint, "shipped_weights", lambda name="default": tmp_path / "gone.pt")
+    with pytest.raises(PipelineError, match="no shipped weights") as err:
+        Colouriser(RunConfig(device="cpu"))
+    assert err.value.exit_code == 2
