@@ -15,12 +15,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .config import TILE  # noqa: F401  (the tile side, defined with the other settings)
+
 #: Largest 8-bit L value: the model's L input is L8 / L8_MAX, in [0, 1].
 L8_MAX = 255.0
 #: 8-bit a/b value of a neutral grey (OpenCV stores a + 128, b + 128).
 AB_OFFSET = 128.0
-#: Side of the square tile the models see.
-TILE = 224
 #: Chroma (LAB units) above which a pixel counts as coloured for grey detection.
 GREY_CHROMA = 6.0
 #: Share of pixels above GREY_CHROMA that makes a picture a colour picture.

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import colour
+from .config import SPLITS, VAL_FRACTION
 from .errors import ColourbatchError, InputError, one_line
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -31,10 +32,6 @@ KAGGLE_GREY = Path("l") / "gray_scale.npy"
 KAGGLE_AB = ("ab1.npy", "ab2.npy", "ab3.npy")
 
 
-#: The splits a data set can be cut into: train (never scored on), val (held out), all.
-SPLITS = ("train", "val", "all")
-#: Share of a data set held out for validation unless told otherwise (train and evaluate).
-VAL_FRACTION = 0.05
 
 
 class DataError(ColourbatchError):

@@ -11,10 +11,9 @@ import os
 
 import torch
 
+from .config import PRECISIONS
 from .errors import ColourbatchError
 
-#: The one list of precisions every command accepts.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class DeviceError(ColourbatchError):
@@ -79,9 +78,14 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return model.to(device=device, memory_format=torch.channels_last)
 
 
+def cpu_count() -> int:
+    """The cores this process may use (its affinity, not the machine's total)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def set_cpu_threads(threads: int | None = None) -> int:
     """Use all cores for intra-op work unless told otherwise; returns the count."""
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = cpu_count()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()

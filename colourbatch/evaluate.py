@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +35,8 @@ import numpy as np
 import torch
 
 from . import colour, files
-from .data import (VAL_FRACTION, ImageError, list_images, make_loader, read_colour_image,
+from .config import VAL_FRACTION, EvalConfig
+from .data import (ImageError, list_images, make_loader, read_colour_image,
                    split_dataset)
 from .device import autocast, prepare_model
 from .errors import ColourbatchError, one_line
@@ -189,26 +189,6 @@ def evaluate_model(model, loader, device, dtype, temperature: float | None = Non
 # ============================================================ evaluate command
 class EvalError(ColourbatchError):
     """Evaluation cannot start (exit 2): nothing to evaluate, nothing to pair, no pictures."""
-
-
-@dataclass
-class EvalConfig:
-    data: tuple = ()                   # a Kaggle folder or image folders, as train takes them
-    split: str = "val"                 # one of data.SPLITS; val: training's held-out split (never trained on)
-    val_fraction: float | None = None  # None: the first weights' own training split, else data.VAL_FRACTION
-    weights: tuple = ()                # weights files to compare; empty: the shipped weights/default.pt
-    pred: str | None = None            # folder of finished predictions (with truth: no model runs)
-    truth: str | None = None           # folder of true colour pictures, matched to pred by path
-    max_images: int | None = None      # stop after this many pictures: quick checks on big sets
-    temperature: float | None = None   # annealed-mean T for default models; None: the weights' own
-    size: int = colour.TILE            # tile side the models see: training validates at colour.TILE
-    device: str = "auto"               # auto | cpu | cuda | cuda:N
-    precision: str = "auto"            # one of device.PRECISIONS
-    batch_size: int = 16               # tiles per model call
-    workers: int = 0                   # DataLoader processes; tiles are small, 0 avoids start-up cost
-    sheet: str | None = None           # contact sheet PNG: grey | each model | truth
-    sheet_images: int = 12             # pictures (rows) on the contact sheet
-    sheet_cell: int = 192              # side of one sheet cell in pixels
 
 
 def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None = None) -> dict[str, Any]:

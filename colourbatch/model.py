@@ -330,6 +330,8 @@ MODELS: dict[str, ModelEntry] = {
     "seed": ModelEntry(SeedConfig, SeedNet, lr=1e-3),
     "default": ModelEntry(DefaultConfig, DefaultNet, lr=5e-4),
 }
+#: The model a new training run builds when none is named.
+DEFAULT_MODEL = "default"
 
 
 def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:

@@ -20,18 +20,19 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from . import __version__, checkpoint as ckpt, colour
-from .data import VAL_FRACTION, ResumableSampler, make_loader, set_epoch, split_dataset
-from .device import autocast, grad_scaler, prepare_model
+from .config import TrainConfig
+from .data import ResumableSampler, make_loader, set_epoch, split_dataset
+from .device import autocast, cpu_count, grad_scaler, prepare_model
 from .errors import EXIT_FAILED, ColourbatchError, one_line
 from .evaluate import evaluate_model
-from .model import MODELS, build_model, model_input
+from .model import DEFAULT_MODEL, MODELS, build_model, model_input
 from .pipeline import open_device
 
 
@@ -45,47 +46,25 @@ class TrainFailed(TrainError):
     exit_code = EXIT_FAILED
 
 
-@dataclass
-class TrainConfig:
-    data: tuple = ()                 # a Kaggle folder, or one or more folders of colour images
-    out: str = "weights/model.pt"    # weights file for pages/video (fp16, no training state)
-    checkpoint: str | None = None    # full training state for --resume; default <out>.ckpt
-    model: str = "default"           # a name from model.MODELS
-    steps: int | None = None         # optimiser steps; wins over epochs
-    epochs: float | None = None      # passes over the training split when steps is not given
-    max_minutes: float | None = None  # wall-clock budget: stop cleanly and save when it runs out
-    batch_size: int = 16             # per process; 16 keeps a 2-core CPU busy without waste
-    lr: float | None = None          # None: the model's recipe (model.MODELS[model].lr)
-    weight_decay: float = 1e-4       # for optimisers that decay (the default model's AdamW; seed's Adam ignores it)
-    warmup: int = 200                # linear warm-up steps before cosine decay
-    size: int = colour.TILE          # training tile side; validation always uses colour.TILE, as inference
-    crops: int = 8                   # random crops per image per epoch (image folders)
-    val_fraction: float = VAL_FRACTION  # share held out, by stable hash (folders) or the set's tail (Kaggle)
-    val_every: int = 500             # steps between validations
-    val_images: int = 128            # validation pictures per mid-run check (all at the end)
-    ckpt_every: int = 500            # steps between checkpoints
-    log_every: int = 10              # steps between progress events (the only host syncs)
-    workers: int = 2                 # DataLoader worker processes
-    device: str = "auto"             # auto | cpu | cuda | cuda:N
-    precision: str = "auto"          # one of device.PRECISIONS
-    threads: int | None = None       # CPU threads for torch; None = all cores of this process
-    seed: int = 0                    # data order, augmentation and initialisation
-    resume: str | None = None        # a .ckpt file to continue from exactly
-    init_encoder: str = "auto"       # pretrained encoder: a path, 'auto' (installed package) or 'none'
-    rebalance: float = 0.5           # Zhang's lambda: mix of bin prior and uniform in the class weights
-    sigma: float = 5.0               # soft-encoding width (LAB units) over the 5 nearest bins
-    reg_weight: float = 0.5          # weight of the L1 term on the distribution's mean a/b (faithfulness)
-    metadata: dict = field(default_factory=dict)  # extra facts to record in the weights (recipe, data hash)
-
-
 # ---------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, on_event: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
-    """Train per `cfg`; returns the final validation metrics and file paths."""
+    """Train per `cfg`; returns the final validation metrics and file paths.
+
+    `cfg.model` None means DEFAULT_MODEL, or on --resume the checkpoint's own model;
+    `cfg.threads` None under torchrun shares this machine's cores among its local processes.
+    """
     emit = on_event or (lambda kind, info: None)
-    if cfg.model not in MODELS:
-        raise TrainError(f"unknown model {cfg.model!r}; known: {', '.join(MODELS)}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if cfg.model is None:
+        # Resuming continues the checkpoint's own model unless told otherwise.
+        cfg = replace(cfg, model=ckpt.read(cfg.resume)["model"] if cfg.resume else DEFAULT_MODEL)
+    if cfg.threads is None and world > 1:
+        # torchrun's processes on one machine share its cores: don't oversubscribe them.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        cfg = replace(cfg, threads=max(1, cpu_count() // max(1, local)))
+    if cfg.model not in MODELS:
+        raise TrainError(f"unknown model {cfg.model!r}; known: {', '.join(MODELS)}")
     device, dtype = open_device(cfg.device, cfg.precision, cfg.threads)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
