@@ -581,43 +581,6 @@ def _human_bytes(n: int) -> str:
     return f"{n:.1f} TB"
 
 
-def _video_jobs(inputs, output, compare):
-    """(source, destination or None, error or None) per film; folders expand to their videos."""
-    from .media import find_videos
-    from .video import default_output
-
-    sources: list[tuple[Path, str | None]] = []
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            found = find_videos(p)
-            if not found:
-                sources.append((p, f"{p}: folder holds no video files"))
-            sources.extend((f, None) for f in found)
-        else:
-            sources.append((p, None))  # a missing or bad file is reported by the library
-    out = Path(output) if output else None
-    many = len(sources) > 1 or any(Path(r).is_dir() for r in inputs)
-    if out is not None and many:
-        if out.exists() and not out.is_dir():
-            fail(f"{out}: with several inputs, -o must be a folder")
-        if not out.exists():
-            if not out.parent.is_dir():
-                fail(f"{out.parent}: output folder does not exist")
-            out.mkdir()
-    jobs = []
-    for src, err in sources:
-        if err:
-            jobs.append((src, None, err))
-        elif out is None:
-            jobs.append((src, default_output(src, compare=compare), None))
-        elif many or out.is_dir() or str(output).endswith(("/", "\\")):
-            jobs.append((src, default_output(src, out, compare), None))
-        else:
-            jobs.append((src, out, None))
-    return jobs
-
-
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(), default=None,
@@ -653,50 +616,53 @@ def video(inputs, output, overwrite, codec, crf, preset, start, end, duration, c
     Exit code 0 when every film came out whole, 1 when any failed or its
     input was truncated (what decoded is kept), 2 when the run could not start.
     """
-    if duration is not None and end is not None:
-        fail("give --end or --duration, not both", 2)
-    if duration is not None:
-        end = (start or 0.0) + duration
-    if end is not None and end <= (start or 0.0):
-        fail("--end must be after --start", 2)
-
     import av
 
-    from .media import MediaError
+    from .errors import ColourbatchError
     from .pipeline import Colouriser, PipelineError, RunConfig
-    from .video import VideoConfig, VideoError, colour_video
+    from .video import NothingToColour, VideoConfig, colour_job, plan_videos
 
     run = RunConfig(weights=weights, model=model, device=device, precision=precision,
                     batch_size=batch_size, workers=workers, temperature=temperature)
-    vcfg = VideoConfig(start=start, end=end, codec=codec, crf=crf, preset=preset, compare=compare,
-                       overwrite=overwrite)
     console = make_console()
     err = make_console(stderr=True)
-    jobs = _video_jobs(inputs, output, compare)
+    try:
+        vcfg = VideoConfig(start=start, end=end, duration=duration, codec=codec, crf=crf, preset=preset,
+                           compare=compare, overwrite=overwrite)
+        plan = plan_videos(inputs, output, vcfg)
+    except NothingToColour as exc:
+        for _, why in exc.failed if len(exc.failed) > 1 else []:
+            err.print(f"error: {why}", markup=False, highlight=False)
+        fail(str(exc), exc.exit_code)
+    except ColourbatchError as exc:
+        fail(str(exc), exc.exit_code)
+    for src, why in plan.failed:
+        err.print(f"error: {why}", markup=False, highlight=False)
+    jobs = plan.jobs
     engine = None
-    reports, failures = [], []
-    for src, dst, problem in jobs:
-        if problem is None:
-            try:
-                if engine is None:
-                    engine = Colouriser(run)
-                    if not quiet:
-                        d = engine.describe()
-                        console.print(f"model {d['model']} ({'trained' if d['trained'] else 'UNTRAINED'}) "
-                                      f"from {d['weights']} on {d['device']} {d['precision']}", markup=False)
-                report = _video_one(src, dst, run, vcfg, engine, console, quiet, colour_video)
-                reports.append(report)
-                if report.truncated:
-                    failures.append((src, f"input truncated: {report.frames_lost} frame(s) lost"
-                                          + (f" ({report.decode_error})" if report.decode_error else "")
-                                          + f"; the {report.frames_out} that decoded are in {report.dst}"))
-                continue
-            except PipelineError as exc:
-                fail(str(exc), 2)
-            except KeyboardInterrupt:
-                fail("interrupted; the unfinished output was removed", 130)
-            except (MediaError, VideoError, av.FFmpegError, OSError) as exc:
-                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reports, failures = [], list(plan.failed)
+    for job in jobs:
+        src = job.src
+        try:
+            if engine is None:
+                engine = Colouriser(run)
+                if not quiet:
+                    d = engine.describe()
+                    console.print(f"model {d['model']} ({'trained' if d['trained'] else 'UNTRAINED'}) "
+                                  f"from {d['weights']} on {d['device']} {d['precision']}", markup=False)
+            report = _video_one(job, run, vcfg, engine, console, quiet, colour_job)
+            reports.append(report)
+            if report.truncated:
+                failures.append((src, f"input truncated: {report.frames_lost} frame(s) lost"
+                                      + (f" ({report.decode_error})" if report.decode_error else "")
+                                      + f"; the {report.frames_out} that decoded are in {report.dst}"))
+            continue
+        except PipelineError as exc:
+            fail(str(exc), 2)
+        except KeyboardInterrupt:
+            fail("interrupted; the unfinished output was removed", 130)
+        except (ColourbatchError, av.FFmpegError, OSError) as exc:
+            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         failures.append((src, problem))
         err.print(f"error: {problem}", markup=False, highlight=False)
     if reports:
@@ -704,29 +670,29 @@ def video(inputs, output, overwrite, codec, crf, preset, start, end, duration, c
     for src, why in failures:
         if "truncated" in why:
             err.print(f"error: {src}: {why}", markup=False, highlight=False)
-    if len(jobs) > 1 and failures:
-        err.print(f"{len(failures)} of {len(jobs)} film(s) failed", markup=False)
+    if len(jobs) + len(plan.failed) > 1 and failures:
+        err.print(f"{len(failures)} of {len(jobs) + len(plan.failed)} film(s) failed", markup=False)
     sys.exit(1 if failures else 0)
 
 
-def _video_one(src, dst, run, vcfg, engine, console, quiet, colour_video):
+def _video_one(job, run, vcfg, engine, console, quiet, colour_job):
     """One film with its own progress bar (frames, frames/s, ETA)."""
     if quiet:
-        return colour_video(src, dst, run, vcfg, colouriser=engine)
+        return colour_job(job, run, vcfg, colouriser=engine)
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[fps]} frames/s"), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(Path(src).name, total=None, fps="-")
+        task = bar.add_task(job.src.name, total=None, fps="-")
 
         def on_progress(done: int, total) -> None:
             elapsed = bar.tasks[0].elapsed or 0.0
             bar.update(task, completed=done, total=max(total, done) if total else None,
                        fps=f"{done / elapsed:.1f}" if elapsed else "-")
 
-        report = colour_video(src, dst, run, vcfg, on_progress=on_progress, colouriser=engine)
+        report = colour_job(job, run, vcfg, on_progress=on_progress, colouriser=engine)
         bar.update(task, completed=report.frames_out, total=report.frames_out)
     return report
 

@@ -7,6 +7,7 @@ import pytest
 
 from colourbatch import media
 from colourbatch.media import MediaError
+from conftest import _write_audio_only
 
 
 def test_probe_reads_size_rate_count_and_audio(make_clip):
@@ -53,13 +54,7 @@ def test_bad_inputs_raise_media_error(tmp_path, make_clip, kind):
     elif kind == "text":
         path.write_text("this is not a film\n" * 20)
     elif kind == "audio_only":
-        out = av.open(str(path), "w")
-        a = out.add_stream("aac", rate=44100)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = 44100, 0
-        for p in list(a.encode(frame)) + list(a.encode()):
-            out.mux(p)
-        out.close()
+        _write_audio_only(path)
     elif kind == "unknown_codec":
         # An AVI whose video fourcc no decoder knows: FFmpeg opens it, cannot decode it.
         src = make_clip("m.avi", codec="mjpeg", pix_fmt="yuvj420p")
@@ -73,19 +68,6 @@ def test_bad_inputs_raise_media_error(tmp_path, make_clip, kind):
               "text": "not a video file", "audio_only": "no video stream",
               "unknown_codec": "codec"}[kind]
     assert expect in msg and "\n" not in msg
-
-
-def test_output_checks(tmp_path, make_clip):
-    clip = make_clip("a.mp4")
-    with pytest.raises(MediaError, match="is the input"):
-        media.check_output_path(clip, clip)
-    with pytest.raises(MediaError, match="does not exist"):
-        media.check_output_path(tmp_path / "nope" / "x.mp4", clip)
-    with pytest.raises(MediaError, match="exists"):
-        media.check_output_path(clip, tmp_path / "other.mp4")
-    with pytest.raises(MediaError, match="container"):
-        media.check_output_path(tmp_path / "x.notaformat", clip)
-    assert media.check_output_path(clip, tmp_path / "other.mp4", overwrite=True) == clip
 
 
 @pytest.mark.parametrize("codec,pix,size,out_size", [
@@ -107,5 +89,5 @@ def test_encoder_handles_odd_sizes(tmp_path, make_clip, codec, pix, size, out_si
 
 def test_encoder_rejects_codec_the_container_cannot_hold(tmp_path, make_clip):
     info = media.probe(make_clip("a.mp4"))
-    with pytest.raises(MediaError, match="unknown video encoder"):
+    with pytest.raises(media.SettingsError, match="unknown video encoder"):
         media.Encoder(tmp_path / "o.mp4", info, 64, 48, media.EncodeSettings(codec="nope264"))
