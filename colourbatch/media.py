@@ -40,7 +40,8 @@ _PICTURE_DEMUXERS = ("image2",)
 _PICTURE_SUFFIX = "_pipe"
 
 # None: FFmpeg logs nothing to stderr (decode warnings of a damaged film would flood the
-# terminal); the reasons travel in PyAV's exceptions and become MediaError's one line.
+# terminal); the reasons travel in PyAV's exceptions and become MediaError's one line. A level
+# routes FFmpeg's log through Python from its decoder threads, which hung the test suite here.
 av.logging.set_level(None)
 
 

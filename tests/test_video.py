@@ -252,10 +252,11 @@ def test_planned_run_creates_the_new_output_folder(tmp_path, make_clip, run):
     assert tree(tmp_path / "out") == ["a.colour.mp4"]  # no temporary file left beside it
 
 
-@pytest.mark.parametrize("case", ["file_for_many", "no_out_dir", "readonly_out_dir", "out_is_input",
+@pytest.mark.parametrize("case", ["file_for_many", "no_out_dir", "readonly_out_dir", "readonly_new_folder",
+                                  "out_is_input",
                                   "out_is_other_input", "same_stem", "same_file_twice", "bad_preset",
                                   "bad_codec", "codec_not_in_container", "no_extension", "unknown_container"])
-def test_run_level_refusals_exit_2_before_any_work(tmp_path, make_clip, no_model, monkeypatch, case):
+def test_run_level_refusals_exit_2_before_any_work(tmp_path, make_clip, no_model, monkeypatch, capfd, case):
     a, b, other = make_clip("clip.mp4"), make_clip("clip.mkv"), make_clip("b.mp4")
     make_clip("clip.colour.mp4")
     taken = tmp_path / "taken.mp4"
@@ -273,8 +274,9 @@ def test_run_level_refusals_exit_2_before_any_work(tmp_path, make_clip, no_model
         "out_is_other_input": ([a, tmp_path / "clip.colour.mp4"], None, {}, "is the input"),
         "same_stem": ([a, b], None, {}, "would be written here"),
         "same_file_twice": ([a, a], tmp_path / "o", {}, "would be written here"),
-        "bad_preset": ([a], None, {"preset": "warp-speed"}, "unknown preset 'warp-speed'"),
-        "bad_codec": ([a], None, {"codec": "nope264"}, "unknown video encoder"),
+        "readonly_new_folder": ([a, other], readonly / "new", {}, "not writable"),
+        "bad_preset": ([a], tmp_path / "o.mp4", {"preset": "warp-speed"}, "unknown preset 'warp-speed'"),
+        "bad_codec": ([a], tmp_path / "o.mp4", {"codec": "nope264"}, "unknown video encoder"),
         "codec_not_in_container": ([a], tmp_path / "o.webm", {}, "cannot be stored"),
         "no_extension": ([a], tmp_path / "o", {}, "needs an extension"),
         "unknown_container": ([a], tmp_path / "o.xyz", {}, "unknown output container"),
@@ -286,6 +288,7 @@ def test_run_level_refusals_exit_2_before_any_work(tmp_path, make_clip, no_model
     msg = str(err.value)
     assert expect in msg and "\n" not in msg and "avcodec" not in msg
     assert tree(tmp_path) == before
+    assert capfd.readouterr().err == ""  # neither FFmpeg nor x264 talks to the terminal
 
 
 def test_clip_mp4_and_clip_mkv_collide_even_into_a_folder(tmp_path, make_clip, no_model):
