@@ -249,14 +249,12 @@ def _output_folder(output: str | os.PathLike | None, many: bool) -> tuple[Path |
     out = Path(output)
     if many or out.is_dir() or str(output).endswith(("/", os.sep)):
         if out.exists() and not out.is_dir():
-            raise VideoPlanError(f"{out}: with several inputs, -o must be a folder")
+            raise VideoPlanError(f"{out}: -o must be a folder" + (" with several inputs" if many else ""))
         if out.is_dir():
             _check_writable(out)
             return out, False, None
         _check_writable(out.absolute().parent)
         return out, True, None
-    if out.is_dir():
-        raise VideoPlanError(f"{out}: output is a folder; give a file name")
     _check_writable(out.absolute().parent)
     return None, False, out
 
@@ -294,18 +292,19 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check_film(src: Path, dst: Path, cfg: VideoConfig) -> media.VideoInfo:
-    """The probed input, or the InputError that refuses this one film."""
-    if dst.is_dir():
-        raise VideoError(f"{dst}: output is a folder; give a file name")
-    if (dst.exists() or dst.is_symlink()) and not cfg.overwrite:
-        raise VideoError(f"{dst}: exists (pass --overwrite to replace it)")
-    if dst.absolute().parent.is_dir() and not os.access(dst.absolute().parent, os.W_OK | os.X_OK):
-        raise VideoError(f"{dst.parent}: output folder is not writable")
+    """The probed input, or the InputError that refuses this one film (the input's fault named first)."""
     info = media.probe(src)
     if info.still:
         raise VideoError(f"{src}: a still image, not a film; colour it with `colourbatch pages`")
     if cfg.start and info.duration is not None and cfg.start >= info.duration:
         raise VideoError(f"{src}: --start {cfg.start:g}s is past the end of the film ({info.duration:.2f}s)")
+    if dst.is_dir():
+        raise VideoError(f"{dst}: output is a folder; give a file name")
+    if (dst.exists() or dst.is_symlink()) and not cfg.overwrite:
+        raise VideoError(f"{dst}: exists (pass --overwrite to replace it)")
+    parent = dst.absolute().parent
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):  # beside an input in a read-only folder
+        raise VideoError(f"{dst.parent}: output folder is not writable")
     return info
 
 

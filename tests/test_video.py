@@ -404,3 +404,15 @@ def test_encoder_defaults_have_one_home():
     assert {f: getattr(VideoConfig(), f) for f in ("codec", "crf", "preset", "pix_fmt")} == \
         {f: getattr(media.EncodeSettings(), f) for f in ("codec", "crf", "preset", "pix_fmt")}
     assert isinstance(VideoConfig(), media.EncodeSettings)
+
+
+def test_film_in_a_read_only_folder_is_listed_not_fatal(tmp_path, make_clip, no_model, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    locked = _write_clip(ro / "locked.mp4", frames=2)
+    good = make_clip("good.mp4", frames=2)
+    real_access = video.os.access  # root writes anywhere: the folder answers as a read-only one would
+    monkeypatch.setattr(video.os, "access", lambda p, mode: Path(p) != ro and real_access(p, mode))
+    plan = video.plan_videos([locked, good], None, VideoConfig())
+    assert [j.src for j in plan.jobs] == [good]
+    assert plan.failed == [(str(locked), f"{ro}: output folder is not writable")]
