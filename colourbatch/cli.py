@@ -266,71 +266,15 @@ def evaluate(as_json, quiet, **values):
 
 
 # ===================================================================== video
-def _parse_time(ctx, param, value):
-    """Seconds from '90', '90.5', '1:30' or '01:02:03.5' (click callback)."""
-    if value is None:
-        return None
+V = C.VideoConfig
+
+
+def _time(ctx, param, value):
+    """A click callback: seconds from '90', '1:30' or '01:02:03.5' (NaN, infinity, negatives refused)."""
     try:
-        parts = [float(p) for p in value.strip().rstrip("s").split(":")]
-        if not 1 <= len(parts) <= 3 or any(p < 0 for p in parts):
-            raise ValueError
-        seconds = 0.0
-        for p in parts:
-            seconds = seconds * 60 + p
-        return seconds
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a time (use seconds, MM:SS or HH:MM:SS)") from None
-
-
-def fail(message, code=1):  # INTERIM: removed when video planning moves to the library
-    import sys
-    _error(message)
-    sys.exit(code)
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def _video_jobs(inputs, output, compare):
-    """(source, destination or None, error or None) per film; folders expand to their videos."""
-    from .media import find_videos
-    from .video import default_output
-
-    sources: list[tuple[Path, str | None]] = []
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            found = find_videos(p)
-            if not found:
-                sources.append((p, f"{p}: folder holds no video files"))
-            sources.extend((f, None) for f in found)
-        else:
-            sources.append((p, None))  # a missing or bad file is reported by the library
-    out = Path(output) if output else None
-    many = len(sources) > 1 or any(Path(r).is_dir() for r in inputs)
-    if out is not None and many:
-        if out.exists() and not out.is_dir():
-            fail(f"{out}: with several inputs, -o must be a folder")
-        if not out.exists():
-            if not out.parent.is_dir():
-                fail(f"{out.parent}: output folder does not exist")
-            out.mkdir()
-    jobs = []
-    for src, err in sources:
-        if err:
-            jobs.append((src, None, err))
-        elif out is None:
-            jobs.append((src, default_output(src, compare=compare), None))
-        elif many or out.is_dir() or str(output).endswith(("/", "\\")):
-            jobs.append((src, default_output(src, out, compare), None))
-        else:
-            jobs.append((src, out, None))
-    return jobs
+        return None if value is None else C.parse_time(value)
+    except C.BadTime as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @cli.command()
@@ -338,23 +282,19 @@ def _video_jobs(inputs, output, compare):
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Output file (its extension picks the container: .mp4, .mkv, .mov), or a folder. "
                    "Default: <name>.colour.mp4 beside each input. With several inputs: a folder.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--codec", default="libx264", show_default=True,
-              help="Video encoder: libx264 plays everywhere; libx265 is smaller; ffv1 (in .mkv) is lossless.")
-@click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True,
-              help="Constant quality for x264/x265/VP9: lower is better and bigger; 18 is visually lossless.")
-@click.option("--preset", default=None,
-              help="Encoder speed preset for x264/x265 (ultrafast ... veryslow; default: medium).")
-@click.option("--start", callback=_parse_time, default=None, metavar="TIME",
-              help="Colour from this time (seconds, MM:SS or HH:MM:SS): previews of a part.")
-@click.option("--end", callback=_parse_time, default=None, metavar="TIME", help="Stop at this time.")
-@click.option("--duration", callback=_parse_time, default=None, metavar="TIME",
-              help="Colour this long from --start (instead of --end).")
-@click.option("--compare", is_flag=True,
-              help="Write grey | colour side by side (default name <name>.compare.mp4).")
+@option(V, "overwrite", is_flag=True, help="Replace an existing output file.")
+@option(V, "codec", help="Video encoder: libx264 plays everywhere; libx265 is smaller; ffv1 (in .mkv) is lossless.")
+@option(V, "crf", type=click.IntRange(0, 63),
+        help="Constant quality for x264/x265/VP9: lower is better and bigger; 18 is visually lossless.")
+@option(V, "preset", help="Encoder speed preset for x264/x265 (ultrafast ... veryslow) [default: medium].")
+@option(V, "start", callback=_time, metavar="TIME",
+        help="Colour from this time (seconds, MM:SS or HH:MM:SS): previews of a part.")
+@option(V, "end", callback=_time, metavar="TIME", help="Stop at this time.")
+@option(V, "duration", callback=_time, metavar="TIME", help="Colour this long from --start (instead of --end).")
+@option(V, "compare", is_flag=True, help="Write grey | colour side by side (default name <name>.compare.mp4).")
 @run_options
-def video(inputs, output, overwrite, codec, crf, preset, start, end, duration, compare, weights, model,
-          device, precision, batch_size, workers, temperature, quiet):
+@click.pass_context
+def video(ctx, inputs, output, quiet, **values):
     """Colour films: every frame, its timing, sound, subtitles and rotation kept.
 
     INPUT is a video file (MP4, MKV, MOV, AVI...) or a folder of them. Frames
@@ -363,65 +303,30 @@ def video(inputs, output, overwrite, codec, crf, preset, start, end, duration, c
     full-resolution L. Audio is copied (or re-encoded to AAC when the output
     container cannot hold it), as are subtitles where the container allows.
     A film already in colour has its colour discarded and re-predicted from
-    its lightness; the summary says whether each input was greyscale.
-    Decoding uses at most one worker (--workers 0 decodes in this process).
-    Exit code 0 when every film came out whole, 1 when any failed or its
-    input was truncated (what decoded is kept), 2 when the run could not start.
+    its lightness; the summary says whether each input was greyscale. Every
+    input and output is checked before the model loads: a still image, an
+    output that is an input or that two inputs share, bad times or encoder
+    settings are refused at once. Decoding uses at most one worker (--workers
+    0 decodes in this process). Exit code: 0 every film came out whole, 1 some
+    failed or were truncated (what decoded is kept), 2 the run could not start.
     """
-    if duration is not None and end is not None:
-        raise UsageError("give --end or --duration, not both")
-    if duration is not None:
-        end = (start or 0.0) + duration
-    if end is not None and end <= (start or 0.0):
-        raise UsageError("--end must be after --start")
+    from .video import colour_videos, plan_videos
 
-    import av
-
-    from .media import MediaError
-    from .pipeline import Colouriser, PipelineError, RunConfig
-    from .video import VideoConfig, VideoError, colour_video
-
-    run = RunConfig(weights=weights, model=model, device=device, precision=precision,
-                    batch_size=batch_size, workers=workers, temperature=temperature)
-    vcfg = VideoConfig(start=start, end=end, codec=codec, crf=crf, preset=preset, compare=compare,
-                       overwrite=overwrite)
-    console = make_console()
-    err = make_console(stderr=True)
-    jobs = _video_jobs(inputs, output, compare)
-    engine = None
-    reports, failures = [], []
-    for src, dst, problem in jobs:
-        if problem is None:
-            try:
-                if engine is None:
-                    engine = Colouriser(run)
-                    if not quiet:
-                        d = engine.describe()
-                        console.print(f"model {d['model']} ({'trained' if d['trained'] else 'UNTRAINED'}) "
-                                      f"from {d['weights']} on {d['device']} {d['precision']}", markup=False)
-                report = _video_one(src, dst, run, vcfg, engine, console, quiet, colour_video)
-                reports.append(report)
-                if report.truncated:
-                    failures.append((src, f"input truncated: {report.frames_lost} frame(s) lost"
-                                          + (f" ({report.decode_error})" if report.decode_error else "")
-                                          + f"; the {report.frames_out} that decoded are in {report.dst}"))
-                continue
-            except PipelineError as exc:
-                fail(str(exc), 2)
-            except KeyboardInterrupt:
-                fail("interrupted; the unfinished output was removed", 130)
-            except (MediaError, VideoError, av.FFmpegError, OSError) as exc:
-                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        failures.append((src, problem))
-        err.print(f"error: {problem}", markup=False, highlight=False)
-    if reports:
-        _video_summary(console, reports, quiet)
-    for src, why in failures:
-        if "truncated" in why:
-            err.print(f"error: {src}: {why}", markup=False, highlight=False)
-    if len(jobs) > 1 and failures:
-        err.print(f"{len(failures)} of {len(jobs)} film(s) failed", markup=False)
-    raise SystemExit(1 if failures else 0)
+    run, vcfg = C.build(C.RunConfig, values), C.build(C.VideoConfig, values)
+    plan = plan_videos(list(inputs), output, vcfg)  # loads no model, writes nothing
+    console, err = make_console(), make_console(stderr=True)
+    for _, why in plan.failed:
+        err.print(f"error: {why}", markup=False)
+    with _VideoView(console, quiet) as view:
+        result = colour_videos(plan, run, vcfg, view.on_event)
+    if result.reports:
+        _video_summary(console, result.reports, quiet)
+    for _, why in result.failed[len(plan.failed):]:
+        err.print(f"error: {why}", markup=False)
+    films = len(plan.jobs) + len(plan.failed)
+    if films > 1 and result.failed:
+        err.print(f"{len(result.failed)} of {films} film(s) failed", markup=False)
+    ctx.exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
 # ===================================================================== views
@@ -693,26 +598,52 @@ def _human_bytes(n: int) -> str:
     return f"{n:.1f} TB"
 
 
-def _video_one(src, dst, run, vcfg, engine, console, quiet, colour_video):
-    """One film with its own progress bar (frames, frames/s, ETA)."""
-    if quiet:
-        return colour_video(src, dst, run, vcfg, colouriser=engine)
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+class _VideoView:
+    """colour_videos()'s events: the model line, then a bar per film (frames, frames/s, ETA)."""
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[fps]} frames/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
-        task = bar.add_task(Path(src).name, total=None, fps="-")
+    def __init__(self, console, quiet: bool):
+        self.console, self.quiet = console, quiet
+        self.bar = self.task = None
 
-        def on_progress(done: int, total) -> None:
-            elapsed = bar.tasks[0].elapsed or 0.0
-            bar.update(task, completed=done, total=max(total, done) if total else None,
-                       fps=f"{done / elapsed:.1f}" if elapsed else "-")
+    def __enter__(self):
+        return self
 
-        report = colour_video(src, dst, run, vcfg, on_progress=on_progress, colouriser=engine)
-        bar.update(task, completed=report.frames_out, total=report.frames_out)
-    return report
+    def __exit__(self, *exc):
+        self._close()
+        return False
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def on_event(self, kind: str, info) -> None:
+        if self.quiet:
+            return
+        if kind == "engine":
+            state = "trained" if info["trained"] else "UNTRAINED"
+            self.console.print(f"model {info['model']} ({state}) from {info['weights']} "
+                               f"on {info['device']} {info['precision']}", markup=False)
+        elif kind == "film":
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self._close()
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[fps]} frames/s"), TimeElapsedColumn(),
+                                TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task(Path(info["job"].src).name, total=None, fps="-")
+        elif kind == "progress" and self.bar is not None:
+            done, total = info["done"], info["total"]
+            elapsed = self.bar.tasks[0].elapsed or 0.0
+            self.bar.update(self.task, completed=done, total=max(total, done) if total else None,
+                            fps=f"{done / elapsed:.1f}" if elapsed else "-")
+        elif kind == "film_done" and self.bar is not None:
+            frames = info["report"].frames_out
+            self.bar.update(self.task, completed=frames, total=frames)
+            self._close()
+        elif kind == "film_failed":
+            self._close()
 
 
 def _video_summary(console, reports, quiet: bool) -> None:

@@ -7,8 +7,11 @@ stays instant while still showing the real defaults.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
+
+from .errors import UsageError
 
 #: Side of the square tile the models see (training, validation and inference alike).
 TILE = 224
@@ -22,6 +25,10 @@ PAGE_FORMATS = tuple(e[1:] for e in PAGE_EXTS)
 ARCHIVE_EXTS = (".cbz", ".zip")
 #: Share of a training set held out for validation when nothing else is said.
 VAL_FRACTION = 0.05
+
+
+class BadTime(UsageError):
+    """A --start/--end/--duration value that is not a finite time of 0 or more, or an empty part."""
 
 
 @dataclass
@@ -48,19 +55,68 @@ class PagesConfig:
 
 
 @dataclass
-class VideoConfig:
-    """What `colourbatch video` writes and how it encodes."""
+class EncodeSettings:
+    """The video encoder's settings: the one home of their defaults (the CLI's options read them)."""
 
-    start: float | None = None   # seconds: colour from here (previews of a part)
-    end: float | None = None     # seconds: stop before this time; None = to the end
-    codec: str = "libx264"       # video encoder: H.264 plays everywhere; libx265, ffv1 (archival)...
-    crf: int | None = 18         # constant quality; 18 is visually lossless for x264
-    preset: str | None = None    # encoder speed/size trade-off (x264/x265); None = encoder default (medium)
-    pix_fmt: str | None = None   # None: yuv420p for players (ffv1: yuv444p)
-    compare: bool = False        # write grey | colour side by side instead of the colour film
-    overwrite: bool = False      # replace an existing output file
-    queue_batches: int = 2       # model->writer queue depth in batches: bounds memory, enough to overlap
-    grey_samples: int = 5        # frames sampled (spread over the film) for grey detection
+    codec: str = "libx264"       # H.264 plays everywhere; libx265 is smaller, ffv1 (in .mkv) lossless
+    crf: int | None = 18         # constant quality where the encoder has one; 18 is visually lossless for x264
+    preset: str | None = None    # x264/x265 speed preset; None = the encoder's own default (medium)
+    pix_fmt: str | None = None   # None: yuv420p, which every player shows (ffv1: yuv444p, archival)
+
+
+
+def parse_time(text: str) -> float:
+    """Seconds from 'SS', 'MM:SS' or 'HH:MM:SS' (each part may have decimals; a trailing 's' is allowed).
+
+    BadTime for anything else, including negative, NaN and infinite values.
+    """
+    parts = str(text).strip().removesuffix("s").split(":")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 3 or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise BadTime(f"{text!r} is not a time (use seconds, MM:SS or HH:MM:SS)")
+    seconds = 0.0
+    for v in values:
+        seconds = seconds * 60 + v
+    return seconds
+
+
+@dataclass
+class VideoConfig(EncodeSettings):
+    """A video run's settings; the encoder's (codec, crf, preset, pix_fmt) come from EncodeSettings.
+
+    Times are checked on construction (BadTime, exit 2), so no NaN or negative
+    value ever reaches the frame arithmetic.
+    """
+
+    start: float | None = None     # seconds: colour from here (previews of a part)
+    end: float | None = None       # seconds: stop before this time; None = to the end
+    duration: float | None = None  # seconds from `start`, instead of `end`
+    compare: bool = False          # write grey | colour side by side instead of the colour film
+    overwrite: bool = False        # replace an existing output file
+    queue_batches: int = 2         # model->writer queue depth in batches: bounds memory, enough to overlap
+    grey_samples: int = 5          # frames sampled (spread over the film) for grey detection
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end", "duration"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise BadTime(f"--{name} must be a time of 0 seconds or more, not {value!r}")
+        if self.end is not None and self.duration is not None:
+            raise BadTime("give --end or --duration, not both")
+        stop = self.stop
+        if stop is not None and stop <= (self.start or 0):
+            raise BadTime(f"--end ({stop:g}s) must be after --start ({self.start or 0:g}s)")
+
+    @property
+    def stop(self) -> float | None:
+        """Where the part ends, seconds: `end`, or `start + duration`; None = the film's end."""
+        if self.duration is not None:
+            return (self.start or 0.0) + self.duration
+        return self.end
+
 
 
 @dataclass

@@ -1,19 +1,19 @@
-"""PyAV decoding and encoding of films: the only module that touches containers.
+"""PyAV decoding and encoding of films: the only module that opens containers.
 
-It owns probing an input (with a typed `MediaError` for every way a path can
+It owns probing an input (with a typed `MediaError` for every way a file can
 fail to be a video), decoding the video stream into RGB frames with their own
-timestamps, and writing the output container: the encoded video stream with
-each frame's pts carried over, every audio stream (packets copied when the
-output container takes the codec, else re-encoded to AAC), subtitle streams the
-container takes, the container/stream metadata and the rotation flag.
+timestamps, checking encoder settings, and writing the output's video stream
+with each frame's pts carried over, the container/stream metadata and the
+rotation flag. The other streams (audio, subtitles) are carry.py's: the Encoder
+drives a Carrier it is handed. Which files to colour and where the outputs go
+is video.py's planning.
 
-Nothing here knows about the model or colour: video.py feeds RGB frames in.
-Audio and subtitle packets are read lazily from a second demuxer on the same
-file and muxed up to the time of the video packet being written, so memory
-stays flat however long the film is (the muxer never has to hold a backlog).
+FFmpeg's own log is silenced here, where containers are opened: its reasons
+reach the user through the one-line errors instead.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -22,25 +22,36 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import av
+import av.logging
 import numpy as np
 
-#: Extensions a folder input is scanned for.
-VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
-              ".m2ts", ".wmv", ".flv", ".ogv", ".3gp")
+from . import files
+from .config import EncodeSettings
+from .errors import ColourbatchError, InputError, one_line
+
 #: Fallback frame rate when a stream states none at all (rare, broken files).
 FALLBACK_FPS = Fraction(25)
 #: Metadata keys the muxer writes itself; copying them would claim the wrong tool.
 _OWN_KEYS = {"encoder", "major_brand", "minor_version", "compatible_brands", "creation_time_raw"}
 #: Audio sent ahead of the video being written, seconds: keeps the muxer's interleaving buffer small.
 AUDIO_LEAD = 0.5
+#: Demuxers of single pictures ("image2", "png_pipe", "jpeg_pipe"...): FFmpeg reads a photo as a
+#: one-frame film, which is `colourbatch pages`' work.
+_PICTURE_DEMUXERS = ("image2",)
+_PICTURE_SUFFIX = "_pipe"
+
+# None: FFmpeg logs nothing to stderr (decode warnings of a damaged film would flood the
+# terminal); the reasons travel in PyAV's exceptions and become MediaError's one line. A level
+# routes FFmpeg's log through Python from its decoder threads, which hung the test suite here.
+av.logging.set_level(None)
 
 
-#: Named layouts for files that give only a channel count (AAC refuses unordered layouts).
-_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+class MediaError(InputError):
+    """One film that cannot be read or written (exit 1 in a batch); the message is one line."""
 
 
-class MediaError(ValueError):
-    """A path that cannot be read or written as a video; the message is one line for the user."""
+class SettingsError(ColourbatchError):
+    """Encoder settings or an output container that no film could be written with (exit 2)."""
 
 
 # ---------------------------------------------------------------------------- probe
@@ -77,6 +88,12 @@ class VideoInfo:
     def audio(self) -> list[StreamInfo]:
         return [s for s in self.streams if s.type == "audio"]
 
+    @property
+    def still(self) -> bool:
+        """A single picture FFmpeg reads as a film: a photo's demuxer, or a GIF of one frame."""
+        return (self.container in _PICTURE_DEMUXERS or self.container.endswith(_PICTURE_SUFFIX)
+                or (self.container == "gif" and self.frames == 1))
+
     def frame_estimate(self, start: float | None = None, end: float | None = None) -> int | None:
         """Frames the run will see: the container's count, else duration x rate."""
         if start is None and end is None and self.frames:
@@ -89,15 +106,22 @@ class VideoInfo:
 
 
 def check_input_path(path: str | os.PathLike) -> Path:
-    """Raise MediaError for a path that cannot be a video file (before FFmpeg sees it)."""
+    """MediaError for a path that cannot be a video file, before FFmpeg sees it.
+
+    Regular files only: FFmpeg would block forever on a FIFO and read a device without end.
+    """
     p = Path(path)
     if not p.exists():
         raise MediaError(f"{p}: no such file")
     if p.is_dir():
         raise MediaError(f"{p}: is a folder, not a video file")
+    try:
+        st = files.check_regular(p)
+    except InputError as exc:
+        raise MediaError(f"{p}: {exc}") from None
     if not os.access(p, os.R_OK):
         raise MediaError(f"{p}: not readable (permission denied)")
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         raise MediaError(f"{p}: empty file (0 bytes)")
     return p
 
@@ -108,7 +132,7 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
     try:
         return av.open(str(p), "r")
     except av.FFmpegError as exc:
-        raise MediaError(f"{p}: not a video file FFmpeg can read ({_why(exc)})") from None
+        raise MediaError(f"{p}: not a video file FFmpeg can read ({ffmpeg_reason(exc)})") from None
 
 
 def video_stream(container, path) -> Any:
@@ -155,7 +179,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return VideoInfo(str(path), c.format.name, vs.codec_context.name, first.width, first.height,
                          Fraction(tb), Fraction(fps), vs.frames or None, duration, start, exact, rotation, sar,
                          streams, {k: v for k, v in c.metadata.items() if k not in _OWN_KEYS},
-                         _stream_tags(vs.metadata))
+                         stream_tags(vs.metadata))
 
 
 def _first_frame(c, vs, path, tries: int = 64):
@@ -166,14 +190,14 @@ def _first_frame(c, vs, path, tries: int = 64):
             try:
                 frames = vs.codec_context.decode(packet)
             except av.FFmpegError as exc:
-                why = _why(exc)
+                why = ffmpeg_reason(exc)
                 frames = []
             if frames:
                 return frames[0]
             if i >= tries:
                 break
     except av.FFmpegError as exc:  # the demuxer itself gave up (file cut before the first frame)
-        why = _why(exc)
+        why = ffmpeg_reason(exc)
     raise MediaError(f"{path}: video stream does not decode ({why})")
 
 
@@ -229,7 +253,7 @@ class Decoder:
                     self.frames += 1
                     yield rgb, pts
             except av.FFmpegError as exc:
-                self.error = _why(exc)
+                self.error = ffmpeg_reason(exc)
 
     def _frames(self, c, vs):
         """Decoded frames; a bad packet is skipped (its frame is lost) rather than ending the film,
@@ -241,12 +265,12 @@ class Decoder:
             except StopIteration:
                 return
             except av.FFmpegError as exc:  # the demuxer hit the cut: flush what is buffered
-                self.error = _why(exc)
+                self.error = ffmpeg_reason(exc)
                 packet = None
             try:
                 frames = vs.codec_context.decode(packet)
             except av.FFmpegError as exc:
-                self.error = _why(exc)
+                self.error = ffmpeg_reason(exc)
                 continue
             yield from frames
             if packet is None:
@@ -254,12 +278,15 @@ class Decoder:
 
 
 # --------------------------------------------------------------------------- encode
-@dataclass
-class EncodeSettings:
-    codec: str = "libx264"       # video encoder name
-    crf: int | None = 18         # constant quality where the encoder has it; 18 ~ visually lossless
-    preset: str | None = None    # encoder speed preset (x264/x265), None = the encoder's default
-    pix_fmt: str | None = None   # None = yuv420p for players, yuv444p for ffv1 (archival, lossless)
+#: Encoders that take a constant-quality `crf` option.
+CRF_CODECS = ("libx264", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1")
+#: Speed presets by encoder; checked here because x264 prints its refusal straight to stderr.
+PRESETS = {name: ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                  "veryslow", "placebo") for name in ("libx264", "libx265")}
+PRESETS["libsvtav1"] = tuple(str(i) for i in range(-1, 14))
+#: Output containers by extension (FFmpeg's muxer names); the extension picks the container.
+CONTAINERS = {"mp4": "mp4", "m4v": "mp4", "mkv": "matroska", "webm": "webm", "mov": "mov",
+              "avi": "avi", "ts": "mpegts", "nut": "nut", "ogv": "ogg"}
 
 
 def default_pix_fmt(codec: str) -> str:
@@ -280,81 +307,105 @@ def needs_even(pix_fmt: str) -> tuple[bool, bool]:
     return horiz, vert
 
 
-def check_output_path(dst: str | os.PathLike, src: str | os.PathLike | None = None,
-                      overwrite: bool = False) -> Path:
-    """Raise MediaError for an output that cannot or must not be written."""
-    d = Path(dst)
-    if src is not None and (d.resolve() == Path(src).resolve()
-                            or (d.exists() and Path(src).exists() and os.path.samefile(d, src))):
-        raise MediaError(f"{d}: output is the input file; choose another output")
-    if d.is_dir():
-        raise MediaError(f"{d}: output is a folder; give a file name")
-    if not d.parent.is_dir():
-        raise MediaError(f"{d.parent}: output folder does not exist")
-    if not os.access(d.parent, os.W_OK):
-        raise MediaError(f"{d.parent}: output folder is not writable")
-    if d.exists() and not overwrite:
-        raise MediaError(f"{d}: exists (pass --overwrite to replace it)")
-    try:
-        av.format.ContainerFormat(_format_for(d), "w")
-    except (ValueError, MediaError, av.FFmpegError):
-        raise MediaError(f"{d}: unknown output container {d.suffix!r} (use .mp4, .mkv, .mov...)") from None
-    return d
-
-
-def _format_for(path: Path) -> str:
+def output_format(path: str | os.PathLike) -> str:
+    """FFmpeg's muxer for an output path's extension; SettingsError when there is none."""
+    path = Path(path)
     ext = path.suffix.lower().lstrip(".")
     if not ext:
-        raise MediaError(f"{path}: output needs an extension (.mp4, .mkv...)")
-    known = {"mp4": "mp4", "m4v": "mp4", "mkv": "matroska", "webm": "webm", "mov": "mov",
-             "avi": "avi", "ts": "mpegts", "nut": "nut", "ogv": "ogg"}
-    return known.get(ext, ext)
+        raise SettingsError(f"{path}: output needs an extension (.mp4, .mkv, .mov...)")
+    name = CONTAINERS.get(ext, ext)
+    try:
+        av.format.ContainerFormat(name, "w")
+    except (ValueError, av.FFmpegError):
+        raise SettingsError(f"{path}: unknown output container {path.suffix!r} (use .mp4, .mkv, .mov...)") from None
+    return name
+
+
+def encoder_options(s: EncodeSettings) -> dict[str, str]:
+    """The FFmpeg options `s` means for its encoder (options an encoder lacks are left out)."""
+    opts: dict[str, str] = {}
+    if s.crf is not None and s.codec in CRF_CODECS:
+        opts["crf"] = str(s.crf)
+        if s.codec == "libvpx-vp9":
+            opts["b"] = "0"  # constant-quality mode for VP9
+    if s.preset and s.codec in PRESETS:
+        opts["preset"] = s.preset
+    if s.codec == "libx265":
+        opts["x265-params"] = "log-level=error"
+    return opts
+
+
+def check_settings(s: EncodeSettings, dst: str | os.PathLike) -> None:
+    """SettingsError unless `s` opens an encoder whose output `dst`'s container can hold.
+
+    Cheap (a 64x48 encoder is opened, nothing is written), so a run refuses a
+    bad codec, preset or pixel format before loading the model.
+    """
+    fmt = output_format(dst)
+    try:
+        codec = av.Codec(s.codec, "w")
+    except Exception:
+        raise SettingsError(f"unknown video encoder {s.codec!r} (try libx264, libx265, ffv1)") from None
+    if codec.type != "video":
+        raise SettingsError(f"{s.codec!r} is not a video encoder")
+    with av.open(io.BytesIO(), "w", format=fmt) as probe_out:
+        supported = probe_out.supported_codecs
+    if supported and codec.name not in supported and codec.canonical_name not in supported:
+        raise SettingsError(f"{s.codec} cannot be stored in a {Path(dst).suffix} file; use .mkv or another codec")
+    if s.preset and s.codec in PRESETS and s.preset not in PRESETS[s.codec]:
+        raise SettingsError(f"unknown preset {s.preset!r} for {s.codec} (one of {', '.join(PRESETS[s.codec])})")
+    pix_fmt = s.pix_fmt or default_pix_fmt(s.codec)
+    formats = [f.name for f in codec.video_formats or []]
+    if formats and pix_fmt not in formats:
+        raise SettingsError(f"{s.codec} cannot encode pixel format {pix_fmt!r} (it takes {', '.join(formats[:8])})")
+    ctx = av.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = 64, 48, pix_fmt
+    ctx.time_base, ctx.framerate = Fraction(1, 25), Fraction(25)
+    ctx.options = encoder_options(s)
+    try:
+        ctx.open()
+    except av.FFmpegError as exc:
+        raise SettingsError(f"{s.codec} refuses these settings ({ffmpeg_reason(exc)})") from None
+
+
+def part_offset(start: float | None, origin: float, tb: Fraction) -> int:
+    """The shift, in `tb` units, that makes a part starting at `start` begin at 0 (every stream alike)."""
+    return int(round((start + origin) / tb)) if start else 0
 
 
 class Encoder:
-    """The output container: video frames in (RGB + pts), audio/subtitles carried from `info`.
+    """The output container: video frames in (RGB + pts), other streams from a `carried` Carrier.
 
     Call `write(rgb, pts)` per frame in order, then `close()`; `abort()` on
-    failure closes what is open (the caller removes the file).
+    failure closes what is open (the caller removes the file). `carried` (a
+    carry.Carrier, or None for a silent film) adds its streams once the video
+    stream exists and is pumped up to each frame's time.
     """
 
     def __init__(self, dst: str | os.PathLike, info: VideoInfo, width: int, height: int,
                  settings: EncodeSettings, start: float | None = None, end: float | None = None,
-                 video_title: str | None = None):
+                 video_title: str | None = None, carried=None):
         self.info, self.settings = info, settings
         self.start, self.end = start, end
-        self.warnings: list[str] = []
+        self.carried = carried
         self.frames = 0
-        self.audio_copied: list[int] = []
-        self.audio_encoded: list[int] = []
-        self.subtitles: list[int] = []
-        self._src = None
         self._closed = False
         dst = Path(dst)
+        check_settings(settings, dst)
         try:
-            self.out = av.open(str(dst), "w", format=_format_for(dst))
+            self.out = av.open(str(dst), "w", format=output_format(dst))
         except av.FFmpegError as exc:
-            raise MediaError(f"{dst}: cannot create output ({_why(exc)})") from None
+            raise MediaError(f"{dst}: cannot create output ({ffmpeg_reason(exc)})") from None
         try:
             self._setup_video(width, height, video_title)
-            self._setup_carried()
+            if carried is not None:
+                carried.attach(self.out)
         except BaseException:
             self.abort()
             raise
 
-    # -- setup
     def _setup_video(self, width: int, height: int, title: str | None) -> None:
         s, info = self.settings, self.info
-        try:
-            codec = av.Codec(s.codec, "w")
-        except Exception:
-            raise MediaError(f"unknown video encoder {s.codec!r} (try libx264, libx265, ffv1)") from None
-        if codec.type != "video":
-            raise MediaError(f"{s.codec!r} is not a video encoder")
-        supported = self.out.supported_codecs
-        if supported and codec.name not in supported and codec.canonical_name not in supported:
-            raise MediaError(f"{s.codec} cannot be stored in a {Path(self.out.name).suffix} file; "
-                             f"use .mkv or another codec")
         self.pix_fmt = s.pix_fmt or default_pix_fmt(s.codec)
         even_w, even_h = needs_even(self.pix_fmt)
         # Chroma-subsampled formats need even sizes: pad by repeating the edge pixel.
@@ -369,16 +420,7 @@ class Encoder:
         vs.codec_context.framerate = info.fps
         if info.sample_aspect:
             vs.codec_context.sample_aspect_ratio = info.sample_aspect
-        opts: dict[str, str] = {}
-        if s.crf is not None and s.codec in ("libx264", "libx265", "libvpx-vp9", "libsvtav1", "libaom-av1"):
-            opts["crf"] = str(s.crf)
-            if s.codec == "libvpx-vp9":
-                opts["b"] = "0"  # constant-quality mode for VP9
-        if s.preset and s.codec in ("libx264", "libx265", "libsvtav1"):
-            opts["preset"] = s.preset
-        if s.codec == "libx265":
-            opts["x265-params"] = "log-level=error"
-        vs.options = opts
+        vs.options = encoder_options(s)
         # PyAV's default thread_type is SLICE, which runs x264 on one slice thread
         # (measured 2.4x slower here); FRAME threading keeps every core busy.
         vs.thread_type = "AUTO"
@@ -391,146 +433,32 @@ class Encoder:
         self.vstream = vs
         self.out.metadata.update(info.metadata)
 
-    def _setup_carried(self) -> None:
-        """Audio and subtitle streams: copy, re-encode audio to AAC, or drop a subtitle with a warning."""
-        if not self.info.streams:
-            return
-        self._src = av.open(self.info.path, "r")
-        supported = self.out.supported_codecs
-        self._map: dict[int, tuple[str, Any, Any]] = {}
-        for s in self.info.streams:
-            ist = self._src.streams[s.index]
-            ok = not supported or s.codec in supported
-            if ok:
-                try:
-                    ost = self.out.add_stream_from_template(ist)
-                    self._map[s.index] = ("copy", ist, ost)
-                    (self.audio_copied if s.type == "audio" else self.subtitles).append(s.index)
-                    ost.metadata.update(_stream_tags(ist.metadata))
-                    continue
-                except (ValueError, av.FFmpegError):
-                    pass
-            if s.type == "audio":
-                ost = self.out.add_stream("aac", rate=s.rate)
-                layout = ist.codec_context.layout.name
-                if "channels" in layout:  # unordered ("1 channels"): AAC needs a named layout
-                    layout = _LAYOUTS.get(ist.codec_context.channels, "stereo")
-                ost.layout = layout
-                ost.format = "fltp"  # FFmpeg's AAC encoder takes planar float only
-                ost.metadata.update(_stream_tags(ist.metadata))
-                ist.codec_context.thread_type = "AUTO"
-                self._map[s.index] = ("encode", ist, ost)
-                self.audio_encoded.append(s.index)
-            else:
-                self.warnings.append(f"subtitle stream {s.index} ({s.codec}) cannot go in a "
-                                     f"{Path(self.out.name).suffix} file: left out")
-        if not self._map:
-            self._src.close()
-            self._src = None
-            return
-        streams = [st for _, st, _ in self._map.values()]
-        if self.start:
-            try:
-                self._src.seek(int((self.start + self.info.start_time) * av.time_base), backward=True)
-            except av.FFmpegError:
-                pass
-        self._packets = self._src.demux(*streams)
-        self._pending = None
-        self._done = False
-
-    # -- writing
     def write(self, rgb: np.ndarray, pts: int) -> None:
         if self.pad_w or self.pad_h:
             rgb = np.pad(rgb, ((0, self.pad_h), (0, self.pad_w), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        frame.pts = pts - self._offset(self.info.time_base)
+        frame.pts = pts - part_offset(self.start, self.info.start_time, self.info.time_base)
         frame.time_base = self.info.time_base
-        self._mux(self.vstream.encode(frame))
+        self._encode(frame)
         self.frames += 1
-        self._pump(float(pts * self.info.time_base) - self.info.start_time + AUDIO_LEAD)
+        if self.carried is not None:
+            self.carried.pump(float(pts * self.info.time_base) - self.info.start_time + AUDIO_LEAD)
 
-    def _offset(self, tb: Fraction) -> int:
-        # A part keeps its own timing from zero: shift every stream by the same start.
-        return int(round((self.start + self.info.start_time) / tb)) if self.start else 0
-
-    def _mux(self, packets) -> None:
+    def _encode(self, frame) -> None:
+        try:
+            packets = self.vstream.encode(frame)
+        except av.FFmpegError as exc:  # the encoder opens on the first frame: keep its repr from the user
+            raise MediaError(f"{self.settings.codec} failed ({ffmpeg_reason(exc)})") from None
         for p in packets:
             self.out.mux(p)
 
-    def _pump(self, until: float | None) -> None:
-        """Mux carried packets up to `until` seconds (None: to the end or the part's end)."""
-        if self._src is None or self._done:
-            return
-        while True:
-            pkt = self._pending
-            if pkt is None:
-                try:
-                    pkt = next(self._packets)
-                except StopIteration:
-                    self._done = True
-                    break
-                except av.FFmpegError as exc:  # a truncated file: keep what came before
-                    self.warnings.append(f"audio/subtitles cut short ({_why(exc)})")
-                    self._done = True
-                    break
-            if pkt.dts is None and pkt.pts is None:
-                self._pending = None
-                continue  # demuxer flush packet
-            t = float((pkt.pts if pkt.pts is not None else pkt.dts) * pkt.time_base) - self.info.start_time
-            if until is not None and t > until:
-                self._pending = pkt
-                return
-            self._pending = None
-            if self.end is not None and t >= self.end:
-                continue
-            if self.start and t + float((pkt.duration or 0) * pkt.time_base) <= self.start:
-                continue
-            self._carry(pkt)
-
-    def _carry(self, pkt) -> None:
-        mode, ist, ost = self._map[pkt.stream.index]
-        if mode == "copy":
-            off = self._offset(pkt.time_base)
-            if off:
-                pkt.pts = pkt.pts - off if pkt.pts is not None else None
-                pkt.dts = pkt.dts - off if pkt.dts is not None else None
-                if pkt.dts is not None and pkt.dts < 0:
-                    if pkt.stream.type == "audio":
-                        return  # the muxer refuses negative dts; the part starts at most a packet later
-                    pkt.pts = pkt.dts = 0  # a subtitle already on screen at the start: show it from 0
-            pkt.stream = ost
-            self.out.mux(pkt)
-            return
-        try:
-            frames = ist.codec_context.decode(pkt)
-        except av.FFmpegError:
-            return  # one bad audio packet is a click, not a reason to stop the film
-        for f in frames:
-            self._encode_audio(f, ost)
-
-    def _encode_audio(self, f, ost) -> None:
-        if f is not None and f.pts is not None:
-            f.pts -= self._offset(f.time_base)
-            if f.pts < 0:
-                return
-        self._mux(ost.encode(f))
-
     def close(self) -> None:
-        """Flush the encoders, carry the rest of the audio, finish the file."""
+        """Flush the encoder, carry the rest of the other streams, finish the file."""
         if self._closed:
             return
-        self._mux(self.vstream.encode(None))
-        self._pump(None)
-        if self._src is not None:
-            for mode, ist, ost in self._map.values():
-                if mode == "encode":
-                    try:
-                        for f in ist.codec_context.decode(None):
-                            self._encode_audio(f, ost)
-                    except av.FFmpegError:
-                        pass
-                    self._mux(ost.encode(None))
-            self._src.close()
+        self._encode(None)
+        if self.carried is not None:
+            self.carried.finish()
         self.out.close()
         self._closed = True
 
@@ -538,15 +466,17 @@ class Encoder:
         if self._closed:
             return
         self._closed = True
-        for c in (self._src, getattr(self, "out", None)):
-            if c is not None:
-                try:
-                    c.close()
-                except Exception:
-                    pass  # closing a half-written file may fail; the caller deletes it anyway
+        if self.carried is not None:
+            self.carried.close()
+        out = getattr(self, "out", None)
+        if out is not None:
+            try:
+                out.close()
+            except Exception:
+                pass  # closing a half-written file may fail; the caller deletes it anyway
 
 
-def _stream_tags(meta) -> dict[str, str]:
+def stream_tags(meta) -> dict[str, str]:
     """A stream's tags minus those that describe the old encoding (the muxer writes fresh ones)."""
     stale = ("encoder", "rotate", "duration", "number_of_frames", "number_of_bytes", "bps")
     return {k: v for k, v in dict(meta).items()
@@ -565,18 +495,16 @@ def _tag_seconds(stream) -> float | None:
         return None
 
 
-def _why(exc: BaseException) -> str:
-    """FFmpeg's reason without the path PyAV repeats in the message."""
-    strerror = getattr(exc, "strerror", None)
-    text = strerror or str(exc)
-    return text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+def ffmpeg_reason(exc: BaseException) -> str:
+    """FFmpeg's reason, one line: its error text without the path or call PyAV repeats.
 
-
-def find_videos(folder: str | os.PathLike) -> list[Path]:
-    """Videos directly in `folder`, sorted; our own outputs and temporaries left out."""
-    out = []
-    for p in sorted(Path(folder).iterdir()):
-        if p.is_file() and p.suffix.lower() in VIDEO_EXTS and not p.name.startswith(".") \
-                and not p.stem.endswith((".colour", ".compare")):
-            out.append(p)
-    return out
+    PyAV's message is "[Errno N] Invalid data...: '/the/path'" or "Invalid argument:
+    'avcodec_open2(...)' returned 22"; the user reads "Invalid data found when
+    processing input" or "Invalid argument", plus FFmpeg's last logged error when
+    PyAV kept one.
+    """
+    reason = getattr(exc, "strerror", None) or str(exc)
+    log = getattr(exc, "log", None)  # (level, component, message) when PyAV kept FFmpeg's last error
+    if isinstance(log, tuple) and len(log) == 3 and log[2]:
+        reason = f"{reason} ({log[1]}: {one_line(str(log[2]))})"
+    return one_line(reason)

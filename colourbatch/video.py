@@ -1,7 +1,10 @@
-"""Colour a film: decode -> L tiles -> model -> merge with full-res L -> encode, overlapped.
+"""Colour films: plan the run, then decode -> L tiles -> model -> merge with full-res L -> encode.
 
-This module owns the video run: its config (`VideoConfig`), its result
-(`VideoReport`) and the three overlapping stages of `colour_video`:
+This module owns the video command's library side: its config (`VideoConfig`,
+the one home of the encoder and time defaults), the time values it accepts
+(`parse_time`), planning (`plan_videos`: which files are films, where each
+output goes, and every refusal, all before a model is loaded), its result
+(`VideoReport`) and the three overlapping stages of `colour_job`:
 
 1. a DataLoader worker iterates `FrameStream` (an IterableDataset over the
    decoded stream): decode, RGB -> L8 (colour.rgb_to_l), L8 -> 224 tile
@@ -13,14 +16,22 @@ This module owns the video run: its config (`VideoConfig`), its result
 2. the main process runs the model on each batch (pipeline.Colouriser.predict:
    one host transfer per batch);
 3. a writer thread merges a/b with each frame's own L (colour.merge_l_ab) and
-   encodes/muxes it (media.Encoder), fed through a bounded queue.
+   encodes/muxes it (media.Encoder, with carry.Carrier bringing the audio and
+   subtitles along), fed through a bounded queue.
 
 Every hand-off is bounded (DataLoader prefetch, the writer queue), so memory is
-flat in the film's length. The output is written to a hidden temporary name in
-the output folder and renamed over the target only when complete.
+flat in the film's length. The output is written through files.atomic_output:
+it appears only when complete.
+
+Errors (exit codes from errors.py): `VideoPlanError` and media.SettingsError
+(exit 2) refuse the run as asked before anything is done; `VideoError` and
+media.MediaError (exit 1) concern one film, which planning lists in
+`VideoPlan.failed` so the others still run. A plan with no film left raises
+`NothingToColour` (exit 2): a run that cannot start.
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -28,34 +39,43 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from . import colour, media
+from . import colour, files, media
+from .carry import Carrier
 from .data import make_loader
-from .media import MediaError  # noqa: F401  (re-exported: colour_video raises it)
+from .errors import ColourbatchError, InputError, WriteError
+from .config import BadTime, VideoConfig  # noqa: F401  (BadTime is raised by VideoConfig)
+from .media import MediaError, SettingsError  # noqa: F401  (raised from here too)
 from .pipeline import Colouriser, RunConfig
 
+#: Extensions a folder input is scanned for.
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
+              ".m2ts", ".wmv", ".flv", ".ogv", ".3gp")
+#: Output names: `<stem>.colour.mp4`, or `<stem>.compare.mp4` for --compare; folder scans skip them.
+OUTPUT_TAGS = {False: "colour", True: "compare"}
+OUTPUT_EXT = ".mp4"
 
-class VideoError(RuntimeError):
-    """A film that cannot be coloured (nothing decodes, the part is empty, the encoder fails)."""
+
+class VideoError(InputError):
+    """One film that cannot be coloured (exit 1): nothing decodes, the part is empty, its output is taken."""
 
 
-@dataclass
-class VideoConfig:
-    start: float | None = None   # seconds: colour from here (previews of a part)
-    end: float | None = None     # seconds: stop before this time; None = to the end
-    codec: str = "libx264"       # video encoder: H.264 plays everywhere; libx265, ffv1 (archival)...
-    crf: int | None = 18         # constant quality; 18 is visually lossless for x264
-    preset: str | None = None    # encoder speed/size trade-off (x264/x265); None = encoder default
-    pix_fmt: str | None = None   # None: yuv420p for players (ffv1: yuv444p)
-    compare: bool = False        # write grey | colour side by side instead of the colour film
-    overwrite: bool = False      # replace an existing output file
-    queue_batches: int = 2       # model->writer queue depth in batches: bounds memory, enough to overlap
-    grey_samples: int = 5        # frames sampled (spread over the film) for grey detection
+class VideoPlanError(ColourbatchError):
+    """The run as asked cannot start (exit 2): -o is wrong for the inputs, outputs collide, bad times."""
+
+
+class NothingToColour(VideoPlanError):
+    """Every input was refused while planning: nothing can start (exit 2). `failed` lists them all."""
+
+    def __init__(self, failed: list[tuple[str, str]]):
+        super().__init__(failed[0][1] if len(failed) == 1
+                         else f"none of the {len(failed)} inputs can be coloured")
+        self.failed = failed
 
 
 @dataclass
@@ -89,18 +109,146 @@ class VideoReport:
 ProgressFn = Callable[[int, "int | None"], None]
 
 
+# ------------------------------------------------------------------ planning
+@dataclass
+class VideoJob:
+    src: Path                  # the input film
+    dst: Path                  # its output file
+    info: media.VideoInfo      # the input, probed (proves it decodes)
+    make_folder: bool = False  # the output folder is new: the run creates it when it writes
+
+
+@dataclass
+class VideoPlan:
+    jobs: list[VideoJob] = field(default_factory=list)             # films to colour, in order
+    failed: list[tuple[str, str]] = field(default_factory=list)    # (input, one-line reason naming it)
+
+
 def default_output(src: str | os.PathLike, folder: str | os.PathLike | None = None,
                    compare: bool = False) -> Path:
     """`<stem>.colour.mp4` (or `.compare.mp4`) beside the input or in `folder`."""
     src = Path(src)
-    name = f"{src.stem}.{'compare' if compare else 'colour'}.mp4"
-    return (Path(folder) if folder is not None else src.parent) / name
+    return (Path(folder) if folder is not None else src.parent) / f"{src.stem}.{OUTPUT_TAGS[compare]}{OUTPUT_EXT}"
 
 
-def temp_path(dst: str | os.PathLike) -> Path:
-    """Hidden name beside `dst` with the same extension, so the muxer picks the same container."""
-    dst = Path(dst)
-    return dst.with_name(f".{dst.name}.colourbatch-tmp{dst.suffix}")
+def find_videos(folder: str | os.PathLike) -> list[Path]:
+    """Videos directly in `folder`, sorted; hidden files (our temporaries) and our outputs left out."""
+    tags = tuple(f".{t}" for t in OUTPUT_TAGS.values())
+    return [p for p in sorted(Path(folder).iterdir())
+            if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith(".")
+            and not p.stem.endswith(tags) and p.is_file()]
+
+
+def plan_videos(inputs: Sequence[str | os.PathLike], output: str | os.PathLike | None,
+                cfg: VideoConfig) -> VideoPlan:
+    """Every film to colour with its output, or why not; loads no model and creates nothing.
+
+    `output` is None (each output beside its input), a file (one input only)
+    or a folder (several inputs, a folder input, an existing folder, or a path
+    ending in '/'); a new output folder is made by the run when it writes.
+    Raises VideoPlanError/SettingsError (exit 2) for the run as a whole: -o a
+    file with several inputs, a missing or read-only output folder, an output
+    that is an input, two inputs mapping to one output, encoder settings no
+    film could use; NothingToColour (exit 2) when no film is left. One film's
+    problem (not a film, a still image, its output exists...) goes in `failed`.
+    """
+    if not inputs:
+        raise VideoPlanError("no INPUT given")
+    plan = VideoPlan()
+    sources: list[Path] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.is_dir():
+            sources.append(p)  # a missing or bad file is refused with the others below
+            continue
+        try:
+            found = find_videos(p)
+        except OSError as exc:
+            plan.failed.append((str(p), f"{p}: cannot read folder ({exc.strerror or exc})"))
+            continue
+        if not found:
+            plan.failed.append((str(p), f"{p}: folder holds no video files ({' '.join(VIDEO_EXTS)})"))
+        sources.extend(found)
+    many = len(sources) > 1 or any(Path(r).is_dir() for r in inputs)
+    folder, make_folder, out_file = _output_folder(output, many)
+    dsts = [out_file or default_output(src, folder, cfg.compare) for src in sources]
+    _check_collisions(sources, dsts)
+    for suffix in sorted({d.suffix.lower() for d in dsts}):
+        media.check_settings(cfg, Path(f"out{suffix}") if suffix else dsts[0])
+    for src, dst in zip(sources, dsts):
+        try:
+            plan.jobs.append(VideoJob(src, dst, _check_film(src, dst, cfg), make_folder))
+        except InputError as exc:
+            plan.failed.append((str(src), str(exc)))
+    if not plan.jobs:
+        raise NothingToColour(plan.failed)
+    return plan
+
+
+def _output_folder(output: str | os.PathLike | None, many: bool) -> tuple[Path | None, bool, Path | None]:
+    """(folder for default names or None, whether the run must create it, the one output file or None)."""
+    if output is None:
+        return None, False, None
+    out = Path(output)
+    if many or out.is_dir() or str(output).endswith(("/", os.sep)):
+        if out.exists() and not out.is_dir():
+            raise VideoPlanError(f"{out}: -o must be a folder" + (" with several inputs" if many else ""))
+        if out.is_dir():
+            _check_writable(out)
+            return out, False, None
+        _check_writable(out.absolute().parent)
+        return out, True, None
+    _check_writable(out.absolute().parent)
+    return None, False, out
+
+
+def _check_writable(folder: Path) -> None:
+    if not folder.is_dir():
+        raise VideoPlanError(f"{folder}: output folder does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise VideoPlanError(f"{folder}: output folder is not writable")
+
+
+def _check_collisions(sources: list[Path], dsts: list[Path]) -> None:
+    """VideoPlanError when an output is an input, or two inputs would write one output."""
+    inputs = {_key(s): s for s in sources}
+    seen: dict[Path, Path] = {}
+    for src, dst in zip(sources, dsts):
+        key = _key(dst)
+        if key in inputs or any(_same_file(dst, s) for s in sources):
+            raise VideoPlanError(f"{dst}: output is the input {inputs.get(key, src)}; choose another -o")
+        if key in seen:
+            raise VideoPlanError(f"{dst}: both {seen[key].name} and {src.name} would be written here; "
+                                 f"colour them in separate runs or into separate folders")
+        seen[key] = src
+
+
+def _key(path: Path) -> Path:
+    return path.absolute().parent.resolve() / path.name
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False  # one of them does not exist: not the same file
+
+
+def _check_film(src: Path, dst: Path, cfg: VideoConfig) -> media.VideoInfo:
+    """The probed input, or the InputError that refuses this one film (the input's fault named first)."""
+    info = media.probe(src)
+    if info.still:
+        raise VideoError(f"{src}: a still image, not a film; colour it with `colourbatch pages`")
+    if cfg.start and info.duration is not None and cfg.start >= info.duration:
+        raise VideoError(f"{src}: --start {cfg.start:g}s is past the end of the film ({info.duration:.2f}s)")
+    if dst.is_dir():
+        raise VideoError(f"{dst}: output is a folder; give a file name")
+    if (dst.exists() or dst.is_symlink()) and not cfg.overwrite:
+        raise VideoError(f"{dst}: exists (pass --overwrite to replace it)")
+    parent = dst.absolute().parent
+    if parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):  # beside an input in a read-only folder
+        raise VideoError(f"{dst.parent}: output folder is not writable")
+    return info
 
 
 # ------------------------------------------------------------- stage 1: decode
@@ -223,29 +371,42 @@ class _Writer(threading.Thread):
 def colour_video(src: str | os.PathLike, dst: str | os.PathLike, run: RunConfig,
                  vcfg: VideoConfig | None = None, on_progress: ProgressFn | None = None,
                  colouriser: Colouriser | None = None) -> VideoReport:
-    """Colour `src` into `dst`; returns a report (truncated input: report.truncated, output kept).
+    """Colour one film `src` into `dst` (a file): plans it as `plan_videos` would, then `colour_job`.
 
-    Raises MediaError (bad input/output paths, unreadable or unsupported
-    files), VideoError (nothing to colour) or pipeline.PipelineError (weights,
-    device). Pass `colouriser` to reuse one loaded model across several films.
+    The same refusals, raised instead of listed: VideoPlanError/SettingsError
+    (exit 2) before anything is read, MediaError/VideoError for the film.
+    """
+    vcfg = vcfg or VideoConfig()
+    src, dst = Path(src), Path(dst)
+    if dst.is_dir():
+        raise VideoPlanError(f"{dst}: output is a folder; give a file name")
+    _check_writable(dst.absolute().parent)
+    _check_collisions([src], [dst])
+    media.check_settings(vcfg, dst)
+    return colour_job(VideoJob(src, dst, _check_film(src, dst, vcfg)), run, vcfg, on_progress, colouriser)
+
+
+def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
+               on_progress: ProgressFn | None = None, colouriser: Colouriser | None = None) -> VideoReport:
+    """Colour one planned film; returns a report (truncated input: report.truncated, output kept).
+
+    Raises VideoError (its output appeared since planning, nothing to colour),
+    MediaError (the encoder failed), files.WriteError (the output could not be
+    written) or pipeline.PipelineError (weights, device). Pass `colouriser` to
+    reuse one loaded model across several films.
     """
     vcfg = vcfg or VideoConfig()
     t0 = time.perf_counter()
+    src, dst, info = job.src, job.dst, job.info
     start = vcfg.start if vcfg.start and vcfg.start > 0 else None
-    end = vcfg.end
-    if end is not None and end <= (start or 0):
-        raise VideoError(f"--end ({end:g}s) must be after --start ({start or 0:g}s)")
-    info = media.probe(src)
-    if start is not None and info.duration is not None and start >= info.duration:
-        raise VideoError(f"{src}: --start {start:g}s is past the end of the film ({info.duration:.2f}s)")
-    dst = media.check_output_path(dst, src, vcfg.overwrite)
+    end = vcfg.stop
+    if dst.exists() and not vcfg.overwrite:  # written by someone else since the plan was made
+        raise VideoError(f"{dst}: exists (pass --overwrite to replace it)")
     colouriser = colouriser or Colouriser(run)
 
     estimate = info.frame_estimate(start, end)
     report = VideoReport(str(src), str(dst), frames_expected=estimate, video_fps=info.fps)
     width = info.width * (2 if vcfg.compare else 1)
-    settings = media.EncodeSettings(vcfg.codec, vcfg.crf, vcfg.preset, vcfg.pix_fmt)
-    tmp = temp_path(dst)
     done = [0]
 
     def frames_written(n: int) -> None:
@@ -253,58 +414,58 @@ def colour_video(src: str | os.PathLike, dst: str | os.PathLike, run: RunConfig,
         if on_progress is not None:
             on_progress(done[0], estimate)
 
-    enc = writer = it = None
+    enc = writer = None
     end_item: dict = {}
     greys: list[bool] = []
-    try:
-        workers = min(run.workers, 1)
-        stream = FrameStream(info.path, run.batch_size, start, end, (info.width, info.height),
-                             sample_indices(estimate, vcfg.grey_samples), origin=info.start_time)
-        # Two decoded batches ahead: enough to overlap, and full-resolution L planes are big.
-        loader = make_loader(stream, batch_size=None, workers=workers, prefetch=2)
-        # Fork the decode worker first, before this process holds an open output or a thread.
-        it = iter(loader)
-        enc = media.Encoder(tmp, info, width, info.height, settings, start, end,
-                            video_title="colourbatch compare: grey | colour" if vcfg.compare else None)
-        writer = _Writer(enc, vcfg.compare, vcfg.queue_batches, frames_written)
-        writer.start()
+    carried = Carrier(info, start, end)
+    with files.atomic_output(dst, make_parents=job.make_folder) as tmp:
         try:
-            for item in it:
-                if "end" in item:
-                    end_item = item
-                    break
-                greys.extend(bool(g) for g in item["grey"])
-                if not len(item["l"]):
-                    continue
-                tiles = item["tiles"]
-                if colouriser.pin:
-                    tiles = tiles.pin_memory()  # only the small tiles: the full-res L stays on the host
-                ab = colouriser.predict(tiles)
-                writer.put((item["l"].numpy(), ab, item["pts"].numpy()))
-        finally:
-            it = None  # shuts the decode worker down, also on Ctrl-C
-        writer.put(None)
-        writer.join()
-        if writer.error is not None:
-            raise writer.error
-        report.frames_in = int(end_item.get("decoded", 0))
-        if report.frames_in == 0 or enc.frames == 0:
-            raise VideoError(f"{src}: no frame decoded"
-                             + (f" ({end_item['error']})" if end_item.get("error") else "")
-                             + (" in the requested part" if start or end else ""))
-        enc.close()
-        os.replace(tmp, dst)
-    except BaseException:
-        it = None  # an Encoder that failed to open leaves the worker to shut down here
-        if writer is not None and writer.is_alive():
-            writer.cancel()
-        if enc is not None:
-            enc.abort()
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+            workers = min(run.workers, 1)
+            stream = FrameStream(info.path, run.batch_size, start, end, (info.width, info.height),
+                                 sample_indices(estimate, vcfg.grey_samples), origin=info.start_time)
+            # Two decoded batches ahead: enough to overlap, and full-resolution L planes are big.
+            loader = make_loader(stream, batch_size=None, workers=workers, prefetch=2)
+            # Fork the decode worker first, before this process holds an open output or a thread.
+            it = iter(loader)
+            enc = media.Encoder(tmp, info, width, info.height, vcfg, start, end,
+                                video_title="colourbatch compare: grey | colour" if vcfg.compare else None,
+                                carried=carried)
+            writer = _Writer(enc, vcfg.compare, vcfg.queue_batches, frames_written)
+            writer.start()
+            try:
+                for item in it:
+                    if "end" in item:
+                        end_item = item
+                        break
+                    greys.extend(bool(g) for g in item["grey"])
+                    if not len(item["l"]):
+                        continue
+                    tiles = item["tiles"]
+                    if colouriser.pin:
+                        tiles = tiles.pin_memory()  # only the small tiles: the full-res L stays on the host
+                    ab = colouriser.predict(tiles)
+                    writer.put((item["l"].numpy(), ab, item["pts"].numpy()))
+            finally:
+                it = None  # shuts the decode worker down, also on Ctrl-C
+            writer.put(None)
+            writer.join()
+            if writer.error is not None:
+                raise writer.error
+            report.frames_in = int(end_item.get("decoded", 0))
+            if report.frames_in == 0 or enc.frames == 0:
+                raise VideoError(f"{src}: no frame decoded"
+                                 + (f" ({end_item['error']})" if end_item.get("error") else "")
+                                 + (" in the requested part" if start or end else ""))
+            enc.close()
+        except BaseException:
+            it = None  # an Encoder that failed to open leaves the worker to shut down here
+            if writer is not None and writer.is_alive():
+                writer.cancel()
+            if enc is not None:
+                enc.abort()
+            else:
+                carried.close()
+            raise  # atomic_output removes the temporary file
 
     report.frames_out = enc.frames
     report.decode_error = end_item.get("error") or None
@@ -337,7 +498,59 @@ def colour_video(src: str | os.PathLike, dst: str | os.PathLike, run: RunConfig,
     report.width, report.height = width, info.height
     report.output_bytes = Path(dst).stat().st_size
     report.was_greyscale = all(greys) if greys else None
-    report.audio_copied, report.audio_encoded = len(enc.audio_copied), len(enc.audio_encoded)
-    report.subtitles = len(enc.subtitles)
-    report.warnings = list(enc.warnings)
+    report.audio_copied, report.audio_encoded = len(carried.audio_copied), len(carried.audio_encoded)
+    report.subtitles = len(carried.subtitles)
+    report.warnings = list(carried.warnings)
     return report
+
+
+# ------------------------------------------------------------- many films
+@dataclass
+class VideosReport:
+    """What happened to every film of a plan."""
+
+    reports: list[VideoReport] = field(default_factory=list)  # films written (truncated ones too)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, one-line reason), planning's first
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def truncation_reason(report: VideoReport) -> str:
+    """Why a film that came out short counts as failed, in one line."""
+    return (f"{report.src}: input truncated: {report.frames_lost} frame(s) lost"
+            + (f" ({report.decode_error})" if report.decode_error else "")
+            + f"; the {report.frames_out} that decoded are in {report.dst}")
+
+
+def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
+                  on_event: Callable[[str, dict], None] | None = None,
+                  colouriser: Colouriser | None = None) -> VideosReport:
+    """Colour every film of `plan` with one loaded model; one film's failure never stops the others.
+
+    Events: ("engine", describe()), ("film", {"job", "index", "total"}),
+    ("progress", {"done", "total"}), ("film_done", {"report"}),
+    ("film_failed", {"source", "reason"}). Errors that concern every film
+    (weights, device: exit 2) are raised; a film's own (InputError,
+    WriteError: exit 1) is listed and the next film goes on.
+    """
+    emit = on_event or (lambda kind, info: None)
+    out = VideosReport(failed=list(plan.failed))
+    for index, job in enumerate(plan.jobs):
+        if colouriser is None:
+            colouriser = Colouriser(run)  # only once a film is certain to be coloured
+            emit("engine", colouriser.describe())
+        emit("film", {"job": job, "index": index, "total": len(plan.jobs)})
+        try:
+            report = colour_job(job, run, vcfg, colouriser=colouriser,
+                                on_progress=lambda done, total: emit("progress", {"done": done, "total": total}))
+        except (InputError, WriteError) as exc:
+            out.failed.append((str(job.src), str(exc)))
+            emit("film_failed", {"source": str(job.src), "reason": str(exc)})
+            continue
+        out.reports.append(report)
+        if report.truncated:
+            out.failed.append((str(job.src), truncation_reason(report)))
+        emit("film_done", {"report": report})
+    return out

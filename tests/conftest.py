@@ -113,11 +113,11 @@ def image_folder(tmp_path):
 # ------------------------------------------------------------- video clips
 def _write_clip(path, frames=6, size=(64, 48), fps=25, codec="libx264", pix_fmt="yuv420p",
                 audio=None, rate=44100, channels=2, vfr_pts=None, colour=False, rotation=0,
-                language="fra", title=None, faststart=False, subtitles=False):
+                language="fra", title=None, faststart=False, subtitles=False, fill=None):
     """A tiny clip made with PyAV: moving grey (or colour) gradient, optional audio track.
 
     `vfr_pts` gives each frame's pts in milliseconds (variable frame rate);
-    otherwise frames are 1/fps apart.
+    otherwise frames are 1/fps apart. `fill` (an RGB triple) makes every frame that one colour.
     """
     from fractions import Fraction
 
@@ -150,6 +150,8 @@ def _write_clip(path, frames=6, size=(64, 48), fps=25, codec="libx264", pix_fmt=
         if colour:
             rgb[..., 0] = 255 - grey
             rgb[..., 2] = (grey // 2 + 60)
+        if fill is not None:
+            rgb[:] = fill
         f = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         f.pts = vfr_pts[i] if vfr_pts else i
         f.time_base = tb
@@ -176,6 +178,21 @@ def _write_clip(path, frames=6, size=(64, 48), fps=25, codec="libx264", pix_fmt=
             t += k
         for p in aus.encode():
             out.mux(p)
+    out.close()
+    return path
+
+
+def _write_audio_only(path):
+    """A film-named file holding one short AAC track and no video stream."""
+    import av
+    import numpy as np
+
+    out = av.open(str(path), "w")
+    a = out.add_stream("aac", rate=44100)
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+    frame.sample_rate, frame.pts = 44100, 0
+    for p in list(a.encode(frame)) + list(a.encode()):
+        out.mux(p)
     out.close()
     return path
 

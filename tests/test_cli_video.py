@@ -53,7 +53,7 @@ def test_several_inputs_need_an_output_folder(make_clip, invoke, tmp_path):
     target = tmp_path / "one.mp4"
     target.write_bytes(b"x")
     res = invoke(a, b, "-o", target)
-    assert res.exit_code == 1 and "must be a folder" in res.stderr
+    assert res.exit_code == 2 and "must be a folder" in res.stderr
 
 
 @pytest.mark.parametrize("kind, message", [

@@ -1,4 +1,5 @@
 """media.py: probing, decoding, encoding and the typed errors for bad inputs (tiny PyAV clips)."""
+import os
 from fractions import Fraction
 
 import av
@@ -7,6 +8,7 @@ import pytest
 
 from colourbatch import media
 from colourbatch.media import MediaError
+from conftest import _write_audio_only, _write_clip
 
 
 def test_probe_reads_size_rate_count_and_audio(make_clip):
@@ -43,23 +45,22 @@ def test_decoder_trims_a_part(make_clip):
     assert len(pts) == 10 and float(times[0]) == pytest.approx(0.4) and float(times[-1]) < 0.8
 
 
-@pytest.mark.parametrize("kind", ["missing", "folder", "empty", "text", "audio_only", "unknown_codec"])
+@pytest.mark.parametrize("kind", ["missing", "folder", "empty", "text", "audio_only", "unknown_codec",
+                                  "fifo", "dev_null_link"])
 def test_bad_inputs_raise_media_error(tmp_path, make_clip, kind):
     path = tmp_path / "bad.mp4"
-    if kind == "folder":
+    if kind == "fifo":
+        os.mkfifo(path)  # FFmpeg would wait for a writer forever
+    elif kind == "dev_null_link":
+        path.symlink_to("/dev/zero")  # FFmpeg would read without end
+    elif kind == "folder":
         path.mkdir()
     elif kind == "empty":
         path.touch()
     elif kind == "text":
         path.write_text("this is not a film\n" * 20)
     elif kind == "audio_only":
-        out = av.open(str(path), "w")
-        a = out.add_stream("aac", rate=44100)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = 44100, 0
-        for p in list(a.encode(frame)) + list(a.encode()):
-            out.mux(p)
-        out.close()
+        _write_audio_only(path)
     elif kind == "unknown_codec":
         # An AVI whose video fourcc no decoder knows: FFmpeg opens it, cannot decode it.
         src = make_clip("m.avi", codec="mjpeg", pix_fmt="yuvj420p")
@@ -71,21 +72,47 @@ def test_bad_inputs_raise_media_error(tmp_path, make_clip, kind):
     msg = str(err.value)
     expect = {"missing": "no such file", "folder": "is a folder", "empty": "empty file",
               "text": "not a video file", "audio_only": "no video stream",
-              "unknown_codec": "codec"}[kind]
+              "unknown_codec": "codec", "fifo": "not a regular file (a FIFO)",
+              "dev_null_link": "not a regular file (a device)"}[kind]
     assert expect in msg and "\n" not in msg
+    assert err.value.exit_code == 1  # one film: a batch goes on past it
+    assert msg.count(str(path)) <= 1  # FFmpeg's reason without PyAV's repeated path
 
 
-def test_output_checks(tmp_path, make_clip):
-    clip = make_clip("a.mp4")
-    with pytest.raises(MediaError, match="is the input"):
-        media.check_output_path(clip, clip)
-    with pytest.raises(MediaError, match="does not exist"):
-        media.check_output_path(tmp_path / "nope" / "x.mp4", clip)
-    with pytest.raises(MediaError, match="exists"):
-        media.check_output_path(clip, tmp_path / "other.mp4")
-    with pytest.raises(MediaError, match="container"):
-        media.check_output_path(tmp_path / "x.notaformat", clip)
-    assert media.check_output_path(clip, tmp_path / "other.mp4", overwrite=True) == clip
+def _still(path, ext):
+    import cv2
+    picture = np.zeros((40, 48, 3), np.uint8)
+    picture[10:30, 10:30] = 200
+    path.write_bytes(cv2.imencode(ext, picture)[1].tobytes())
+    return path
+
+
+@pytest.mark.parametrize("name,make,still", [
+    ("p.png", lambda p: _still(p, ".png"), True), ("p.jpg", lambda p: _still(p, ".jpg"), True),
+    ("p.webp", lambda p: _still(p, ".webp"), True), ("p.tif", lambda p: _still(p, ".tif"), True),
+    ("photo.mp4", lambda p: _still(p, ".jpg"), True),  # by content, not by name
+    ("one.gif", lambda p: _write_clip(p, frames=1, codec="gif", pix_fmt="rgb8"), True),
+    ("anim.gif", lambda p: _write_clip(p, frames=3, codec="gif", pix_fmt="rgb8"), False),
+])
+def test_still_pictures_are_told_from_films(tmp_path, make_clip, name, make, still):
+    info = media.probe(make(tmp_path / name))
+    assert info.still is still
+    assert media.probe(make_clip("film.mp4", frames=2)).still is False
+
+
+def test_ffmpeg_says_nothing_on_the_terminal(tmp_path, make_clip, capfd):
+    import av.logging
+    assert av.logging.get_level() is None  # media switched FFmpeg's log off: reasons travel in errors
+    clip = make_clip("t.mp4", frames=30, faststart=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size * 4 // 5])
+    dec = media.Decoder(cut)
+    assert 0 < len(list(dec)) < 30
+    garbage = tmp_path / "garbage.mkv"
+    garbage.write_bytes(b"\x1a\x45\xdf\xa3" + os.urandom(4000))
+    with pytest.raises(MediaError):
+        media.probe(garbage)
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.parametrize("codec,pix,size,out_size", [
@@ -105,7 +132,18 @@ def test_encoder_handles_odd_sizes(tmp_path, make_clip, codec, pix, size, out_si
     assert len(frames) == 4 and (frames[0].width, frames[0].height) == out_size
 
 
-def test_encoder_rejects_codec_the_container_cannot_hold(tmp_path, make_clip):
+@pytest.mark.parametrize("settings,dst,expect", [
+    (media.EncodeSettings(codec="nope264"), "o.mp4", "unknown video encoder 'nope264'"),
+    (media.EncodeSettings(codec="aac"), "o.mp4", "not a video encoder"),
+    (media.EncodeSettings(codec="libx264"), "o.webm", "cannot be stored in a .webm file"),
+    (media.EncodeSettings(preset="ludicrous"), "o.mp4", "unknown preset 'ludicrous'"),
+    (media.EncodeSettings(pix_fmt="rgb48le"), "o.mp4", "cannot encode pixel format 'rgb48le'"),
+    (media.EncodeSettings(), "o.nope", "unknown output container"),
+])
+def test_encoder_settings_refused_in_one_line(tmp_path, make_clip, capfd, settings, dst, expect):
     info = media.probe(make_clip("a.mp4"))
-    with pytest.raises(MediaError, match="unknown video encoder"):
-        media.Encoder(tmp_path / "o.mp4", info, 64, 48, media.EncodeSettings(codec="nope264"))
+    with pytest.raises(media.SettingsError) as err:
+        media.Encoder(tmp_path / dst, info, 64, 48, settings)
+    msg = str(err.value)
+    assert expect in msg and "avcodec" not in msg and "\n" not in msg and err.value.exit_code == 2
+    assert not (tmp_path / dst).exists() and capfd.readouterr().err == ""

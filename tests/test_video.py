@@ -1,14 +1,18 @@
 """colour_video end to end on tiny clips: frames, timing, audio, luma, trims, errors, temp files."""
 from fractions import Fraction
 
+from pathlib import Path
+
 import av
 import numpy as np
 import pytest
 
-from colourbatch import colour, media
-from colourbatch.media import MediaError
+from colourbatch import config
+from colourbatch import colour, media, video
+from colourbatch.errors import ColourbatchError
 from colourbatch.pipeline import RunConfig
-from colourbatch.video import VideoConfig, VideoError, colour_video, default_output, temp_path
+from colourbatch.video import VideoConfig, VideoError, colour_video
+from conftest import _write_audio_only, _write_clip
 
 
 @pytest.fixture
@@ -83,10 +87,24 @@ def test_odd_size_and_audio_the_container_refuses(tmp_path, make_clip, run):
     assert audio[0][:3] == ("aac", 22050, 1)
 
 
+def _hue(rgb):
+    """Mean hue angle (degrees) of a picture in OpenCV's 8-bit LAB: atan2(b - 128, a - 128)."""
+    lab = colour.rgb_to_lab(rgb).reshape(-1, 3).astype(float)
+    return float(np.degrees(np.arctan2(lab[:, 2].mean() - 128, lab[:, 1].mean() - 128)))
+
+
 def test_colour_input_is_reported_and_recoloured(tmp_path, make_clip, run):
-    clip = make_clip("c.mp4", frames=4, colour=True)
-    rep = colour_video(clip, tmp_path / "c.out.mp4", run, VideoConfig(grey_samples=2))
+    # A red film through the tinted weights (a=168, b=88: hue -45 degrees) comes out with the
+    # tint's hue, not red's (+36 degrees): its colour was predicted from L, not kept.
+    clip = make_clip("red.mp4", frames=4, fill=(220, 30, 30))
+    dst = tmp_path / "red.out.mp4"
+    rep = colour_video(clip, dst, run, VideoConfig(grey_samples=2))
     assert rep.was_greyscale is False and rep.frames_out == 4
+    src, *_ = streams(clip)
+    out, *_ = streams(dst)
+    assert _hue(src[0].to_ndarray(format="rgb24")) == pytest.approx(36, abs=10)
+    for frame in out:
+        assert _hue(frame.to_ndarray(format="rgb24")) == pytest.approx(-45, abs=10)
 
 
 def test_part_and_compare(tmp_path, make_clip, tiny_tinted_weights):
@@ -133,22 +151,8 @@ def test_errors_leave_no_file(tmp_path, make_clip, run, monkeypatch, workers):
     monkeypatch.setattr(media.Encoder, "write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         colour_video(clip, dst, run)
-    assert not dst.exists() and not temp_path(dst).exists()
+    assert not dst.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
-
-
-def test_refusals(tmp_path, make_clip, run):
-    clip = make_clip("a.mp4")
-    with pytest.raises(MediaError, match="is the input"):
-        colour_video(clip, clip, run)
-    (tmp_path / "exists.mp4").write_bytes(b"x")
-    with pytest.raises(MediaError, match="overwrite"):
-        colour_video(clip, tmp_path / "exists.mp4", run)
-    with pytest.raises(VideoError, match="past the end"):
-        colour_video(clip, tmp_path / "o.mp4", run, VideoConfig(start=99))
-    assert default_output(clip) == tmp_path / "a.colour.mp4"
-    assert default_output(clip, tmp_path / "x", compare=True) == tmp_path / "x" / "a.compare.mp4"
-    assert temp_path(tmp_path / "f.mkv").name == ".f.mkv.colourbatch-tmp.mkv"
 
 
 def _clip_with_tracks(path):
@@ -200,3 +204,216 @@ def test_all_audio_tracks_and_subtitles_are_carried(tmp_path, run):
     # MP4 cannot hold SubRip: audio still goes, the subtitle is left out with a warning
     rep = colour_video(clip, tmp_path / "o.mp4", run)
     assert rep.ok and rep.audio_copied == 2 and rep.subtitles == 0 and "left out" in rep.warnings[0]
+
+
+# ------------------------------------------------------------------ planning
+@pytest.fixture
+def no_model(monkeypatch):
+    """Planning must never build a model: any Colouriser made during the test fails it."""
+    from colourbatch import pipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded while planning")
+
+    monkeypatch.setattr(pipeline.Colouriser, "__init__", refuse)
+    monkeypatch.setattr(video, "Colouriser", pipeline.Colouriser)
+
+
+def tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_plan_maps_outputs_probes_and_creates_nothing(tmp_path, make_clip, no_model):
+    films = tmp_path / "films"
+    films.mkdir()
+    a = _write_clip(films / "a.mp4", frames=4)
+    b = _write_clip(films / "b.mkv", frames=4)
+    (films / "a.colour.mp4").write_bytes(b"an earlier output: not an input")
+    (films / ".a.1234.colourbatch-tmp.mp4").write_bytes(b"a killed run's temporary file")
+    (films / "notes.txt").write_text("not a film")
+    before = tree(tmp_path)
+    out = tmp_path / "new-out"
+    plan = video.plan_videos([films], out, VideoConfig(compare=True))
+    assert [(j.src, j.dst, j.make_folder) for j in plan.jobs] == [
+        (a, out / "a.compare.mp4", True), (b, out / "b.compare.mp4", True)]
+    assert plan.jobs[1].info.frames is None and plan.jobs[0].info.frames == 4 and not plan.failed
+    assert tree(tmp_path) == before  # the new output folder is the run's to make
+    # without -o: beside each input; one file -o: that file
+    plan = video.plan_videos([a], None, VideoConfig(overwrite=True))
+    assert plan.jobs[0].dst == films / "a.colour.mp4"
+    assert video.plan_videos([b], tmp_path / "x.mov", VideoConfig()).jobs[0].dst == tmp_path / "x.mov"
+    assert video.default_output(a, tmp_path / "x", compare=True) == tmp_path / "x" / "a.compare.mp4"
+
+
+def test_planned_run_creates_the_new_output_folder(tmp_path, make_clip, run):
+    clip = make_clip("a.mp4", frames=3)
+    plan = video.plan_videos([clip, make_clip("b.mp4", frames=3)], tmp_path / "out", VideoConfig())
+    rep = video.colour_job(plan.jobs[0], run)
+    assert rep.ok and (tmp_path / "out" / "a.colour.mp4").is_file()
+    assert tree(tmp_path / "out") == ["a.colour.mp4"]  # no temporary file left beside it
+
+
+@pytest.mark.parametrize("case", ["file_for_many", "no_out_dir", "readonly_out_dir", "readonly_new_folder",
+                                  "out_is_input",
+                                  "out_is_other_input", "same_stem", "same_file_twice", "bad_preset",
+                                  "bad_codec", "codec_not_in_container", "no_extension", "unknown_container"])
+def test_run_level_refusals_exit_2_before_any_work(tmp_path, make_clip, no_model, monkeypatch, capfd, case):
+    a, b, other = make_clip("clip.mp4"), make_clip("clip.mkv"), make_clip("b.mp4")
+    make_clip("clip.colour.mp4")
+    taken = tmp_path / "taken.mp4"
+    taken.write_bytes(b"x")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    # Tests may run as root, who writes anywhere: the folder answers as a read-only one would.
+    real_access = video.os.access
+    monkeypatch.setattr(video.os, "access", lambda p, mode: Path(p) != readonly and real_access(p, mode))
+    inputs, output, kw, expect = {
+        "file_for_many": ([a, other], taken, {}, "must be a folder"),
+        "no_out_dir": ([a], tmp_path / "missing" / "o.mp4", {}, "does not exist"),
+        "readonly_out_dir": ([a], readonly / "o.mp4", {}, "not writable"),
+        "out_is_input": ([a], a, {"overwrite": True}, "is the input"),
+        "out_is_other_input": ([a, tmp_path / "clip.colour.mp4"], None, {}, "is the input"),
+        "same_stem": ([a, b], None, {}, "would be written here"),
+        "same_file_twice": ([a, a], tmp_path / "o", {}, "would be written here"),
+        "readonly_new_folder": ([a, other], readonly / "new", {}, "not writable"),
+        "bad_preset": ([a], tmp_path / "o.mp4", {"preset": "warp-speed"}, "unknown preset 'warp-speed'"),
+        "bad_codec": ([a], tmp_path / "o.mp4", {"codec": "nope264"}, "unknown video encoder"),
+        "codec_not_in_container": ([a], tmp_path / "o.webm", {}, "cannot be stored"),
+        "no_extension": ([a], tmp_path / "o", {}, "needs an extension"),
+        "unknown_container": ([a], tmp_path / "o.xyz", {}, "unknown output container"),
+    }[case]
+    before = tree(tmp_path)
+    with pytest.raises(ColourbatchError) as err:
+        video.plan_videos(inputs, output, VideoConfig(**kw))
+    assert err.value.exit_code == 2 and not isinstance(err.value, video.NothingToColour)
+    msg = str(err.value)
+    assert expect in msg and "\n" not in msg and "avcodec" not in msg
+    assert tree(tmp_path) == before
+    assert capfd.readouterr().err == ""  # neither FFmpeg nor x264 talks to the terminal
+
+
+def test_clip_mp4_and_clip_mkv_collide_even_into_a_folder(tmp_path, make_clip, no_model):
+    a, b = make_clip("clip.mp4"), make_clip("clip.mkv")
+    with pytest.raises(video.VideoPlanError, match=r"clip\.colour\.mp4: both clip\.mkv and clip\.mp4 would be written"):
+        video.plan_videos([tmp_path], tmp_path.parent / (tmp_path.name + "-out"), VideoConfig())
+    assert not (tmp_path.parent / (tmp_path.name + "-out")).exists()
+
+
+def _still(path):
+    import cv2
+    picture = np.zeros((40, 48, 3), np.uint8)
+    picture[10:30, 10:30] = 200
+    ok, data = cv2.imencode(".png" if path.suffix == ".png" else ".jpg", picture)
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def _fifo(path):
+    import os
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "empty", "fifo", "png", "jpeg_named_mp4", "audio_only",
+                                  "exists", "start_past_end", "empty_folder"])
+def test_one_film_refused_others_planned(tmp_path, make_clip, no_model, case):
+    good = make_clip("good.mp4", frames=4)
+    bad = {
+        "missing": lambda: tmp_path / "nope.mp4",
+        "text": lambda: (tmp_path / "text.mp4").write_text("hello\n" * 20) and tmp_path / "text.mp4",
+        "empty": lambda: (tmp_path / "zero.mp4").touch() or tmp_path / "zero.mp4",
+        "fifo": lambda: _fifo(tmp_path / "pipe.mp4"),
+        "png": lambda: _still(tmp_path / "photo.png"),
+        "jpeg_named_mp4": lambda: _still(tmp_path / "photo.mp4"),
+        "audio_only": lambda: _write_audio_only(tmp_path / "sound.mp4"),
+        "exists": lambda: make_clip("other.mp4", frames=4),
+        "start_past_end": lambda: make_clip("short.mp4", frames=2),
+        "empty_folder": lambda: (tmp_path / "nothing").mkdir() or tmp_path / "nothing",
+    }[case]()
+    if case == "exists":
+        (tmp_path / "other.colour.mp4").write_bytes(b"earlier")
+    cfg = VideoConfig(start=1.0) if case == "start_past_end" else VideoConfig()
+    if case == "start_past_end":
+        good = make_clip("good.mp4", frames=40)
+    expect = {"missing": "no such file", "text": "not a video file", "empty": "empty file",
+              "fifo": "not a regular file (a FIFO)", "png": "colourbatch pages",
+              "jpeg_named_mp4": "still image", "audio_only": "no video stream",
+              "exists": "--overwrite", "start_past_end": "past the end",
+              "empty_folder": "holds no video files"}[case]
+    before = tree(tmp_path)
+    plan = video.plan_videos([bad, good], tmp_path / "out", cfg) if case != "exists" else \
+        video.plan_videos([bad, good], None, cfg)
+    assert [j.src for j in plan.jobs] == [good]
+    assert len(plan.failed) == 1 and plan.failed[0][0] == str(bad)
+    assert expect in plan.failed[0][1] and "\n" not in plan.failed[0][1]
+    # Alone, the same film means a run that cannot start: exit 2, with its reason as the line.
+    with pytest.raises(video.NothingToColour) as err:
+        video.plan_videos([bad], None, cfg)
+    assert err.value.exit_code == 2 and expect in str(err.value) and err.value.failed == plan.failed[:1]
+    assert tree(tmp_path) == before
+
+
+def test_colour_video_refuses_like_the_plan(tmp_path, make_clip, no_model):
+    clip = make_clip("a.mp4")
+    with pytest.raises(video.VideoPlanError, match="is the input"):
+        colour_video(clip, clip, None, VideoConfig(overwrite=True))
+    (tmp_path / "exists.mp4").write_bytes(b"x")
+    with pytest.raises(VideoError, match="overwrite") as err:
+        colour_video(clip, tmp_path / "exists.mp4", None)
+    assert err.value.exit_code == 1
+    with pytest.raises(VideoError, match="still image"):
+        colour_video(_still(tmp_path / "p.png"), tmp_path / "p.mp4", None)
+    with pytest.raises(media.SettingsError, match="unknown preset") as err:
+        colour_video(clip, tmp_path / "o.mp4", None, VideoConfig(preset="bogus"))
+    assert err.value.exit_code == 2
+    assert tree(tmp_path) == ["a.mp4", "exists.mp4", "p.png"]
+
+
+# ------------------------------------------------------------------ times
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90.5s", 90.5), ("1:30", 90), ("01:02:03.5", 3723.5),
+                                          ("0", 0)])
+def test_parse_time_reads_clock_forms(text, seconds):
+    assert config.parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1", "1:nan", "1:-5", "", "1:2:3:4", "soon", "1e999"])
+def test_parse_time_refuses_non_times(text):
+    with pytest.raises(config.BadTime) as err:
+        config.parse_time(text)
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("kw,expect", [
+    ({"end": float("nan")}, "--end"), ({"start": float("nan"), "duration": 1}, "--start"),
+    ({"duration": float("inf")}, "--duration"), ({"start": -1.0}, "--start"),
+    ({"end": 1, "duration": 1}, "not both"), ({"start": 2, "end": 1}, "after --start"),
+    ({"start": 1, "duration": 0}, "after --start")])
+def test_config_refuses_bad_times_before_any_work(kw, expect):
+    with pytest.raises(config.BadTime, match=expect) as err:
+        VideoConfig(**kw)
+    assert err.value.exit_code == 2
+
+
+def test_duration_counts_from_start(tmp_path, make_clip, run):
+    cfg = VideoConfig(start=0.2, duration=0.4)
+    assert cfg.stop == pytest.approx(0.6)
+    rep = colour_video(make_clip("a.mp4", frames=25), tmp_path / "o.mp4", run, cfg)
+    assert rep.ok and rep.frames_out == 10
+
+
+def test_encoder_defaults_have_one_home():
+    assert {f: getattr(VideoConfig(), f) for f in ("codec", "crf", "preset", "pix_fmt")} == \
+        {f: getattr(media.EncodeSettings(), f) for f in ("codec", "crf", "preset", "pix_fmt")}
+    assert isinstance(VideoConfig(), media.EncodeSettings)
+
+
+def test_film_in_a_read_only_folder_is_listed_not_fatal(tmp_path, make_clip, no_model, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    locked = _write_clip(ro / "locked.mp4", frames=2)
+    good = make_clip("good.mp4", frames=2)
+    real_access = video.os.access  # root writes anywhere: the folder answers as a read-only one would
+    monkeypatch.setattr(video.os, "access", lambda p, mode: Path(p) != ro and real_access(p, mode))
+    plan = video.plan_videos([locked, good], None, VideoConfig())
+    assert [j.src for j in plan.jobs] == [good]
+    assert plan.failed == [(str(locked), f"{ro}: output folder is not writable")]
