@@ -330,6 +330,30 @@ def video(ctx, inputs, output, quiet, **values):
 
 
 # ===================================================================== views
+def _bar(console, unit: str):
+    """The one progress-bar layout: name, bar, done/total, whole-run rate, elapsed, ETA."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    from rich.text import Text
+
+    class Rate(TextColumn):
+        def __init__(self):
+            super().__init__("")
+
+        def render(self, task):
+            # Whole-run average: rich's windowed speed jumps when pages finish in bursts.
+            speed = task.completed / task.elapsed if task.elapsed else 0.0
+            return Text(f"{speed:.1f} {unit}/s" if speed else f"- {unit}/s")
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+
+
+def _engine_line(info: dict) -> str:
+    state = "trained" if info["trained"] else "UNTRAINED"
+    return f"model {info['model']} ({state}) from {info['weights']} on {info['device']} {info['precision']}"
+
+
 class _Progress:
     """A rich progress bar fed by the library's on_progress(kind, info) events."""
 
@@ -340,24 +364,7 @@ class _Progress:
 
     def __enter__(self):
         if not self.quiet:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            class _Rate(TextColumn):
-                def __init__(self, unit):
-                    super().__init__("")
-                    self.unit = unit
-
-                def render(self, task):
-                    from rich.text import Text
-                    # Whole-run average: rich's windowed speed jumps when pages finish in bursts.
-                    speed = task.completed / task.elapsed if task.elapsed else 0.0
-                    return Text(f"{speed:.1f} {self.unit}/s" if speed else f"- {self.unit}/s")
-
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                     MofNCompleteColumn(), _Rate(self.unit), TimeElapsedColumn(),
-                                     TextColumn("ETA"), TimeRemainingColumn(),
-                                     console=self.console, transient=False)
+            self.progress = _bar(self.console, self.unit)
             self.progress.__enter__()
         return self
 
@@ -376,9 +383,7 @@ class _Progress:
         if kind == "start":
             self.task = self.progress.add_task(f"colouring {self.unit}", total=info["total"])
         elif kind == "engine":
-            state = "trained" if info["trained"] else "UNTRAINED"
-            self.progress.console.print(f"model {info['model']} ({state}) from {info['weights']} "
-                                        f"on {info['device']} {info['precision']}")
+            self.progress.console.print(_engine_line(info), markup=False)
         elif kind == "page" and self.task is not None:
             self.progress.advance(self.task)
             if info["outcome"] == "error":
@@ -621,23 +626,15 @@ class _VideoView:
         if self.quiet:
             return
         if kind == "engine":
-            state = "trained" if info["trained"] else "UNTRAINED"
-            self.console.print(f"model {info['model']} ({state}) from {info['weights']} "
-                               f"on {info['device']} {info['precision']}", markup=False)
+            self.console.print(_engine_line(info), markup=False)
         elif kind == "film":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
             self._close()
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[fps]} frames/s"), TimeElapsedColumn(),
-                                TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+            self.bar = _bar(self.console, "frames")
             self.bar.start()
-            self.task = self.bar.add_task(Path(info["job"].src).name, total=None, fps="-")
+            self.task = self.bar.add_task(Path(info["job"].src).name, total=None)
         elif kind == "progress" and self.bar is not None:
             done, total = info["done"], info["total"]
-            elapsed = self.bar.tasks[0].elapsed or 0.0
-            self.bar.update(self.task, completed=done, total=max(total, done) if total else None,
-                            fps=f"{done / elapsed:.1f}" if elapsed else "-")
+            self.bar.update(self.task, completed=done, total=max(total, done) if total else None)
         elif kind == "film_done" and self.bar is not None:
             frames = info["report"].frames_out
             self.bar.update(self.task, completed=frames, total=frames)
