@@ -15,8 +15,10 @@ Guarantees:
   the number of deaths; a unit is never silently lost, and one that finished is
   never handed out again (a unit whose worker died after finishing it but
   before reporting back is redone, which atomic outputs make harmless);
-* nothing waits forever on a worker that cannot start: a factory that raises,
-  or workers that never answer within `START_TIMEOUT`, end the run;
+* nothing waits forever on a worker that cannot start: a factory that raises
+  retires its worker at once, one that does not answer within `START_TIMEOUT`
+  (or `RESTART_TIMEOUT` after a death) is given up; with no worker left, the
+  run ends (WorkerStartError if none ever started);
 * the runner never writes files (workers write their outputs themselves through
   `files.atomic_output`) and never prints: progress goes to `on_event`.
 
@@ -39,7 +41,7 @@ from .errors import EXIT_START, ColourbatchError, UsageError, one_line
 
 #: CPUs Ray reserves for each worker: its decode and model threads.
 CPUS_PER_WORKER = 1
-#: Seconds to wait for the first worker to answer (resources, model load) before giving up.
+#: Seconds a new worker may take to answer (placement, model load) before it is given up.
 START_TIMEOUT = 600.0
 #: Seconds to wait for a cluster's address to answer before refusing it.
 CONNECT_TIMEOUT = 10.0
@@ -333,7 +335,7 @@ class _Pool:
         self.actors = [remote.remote(factory) for _ in range(count)]
         self.idle: list[Any] = []
         self.inflight: dict[Any, tuple[Any, str, Unit | None]] = {}
-        self.waiting_since: dict[Any, float] = {}
+        self.deadlines: dict[Any, tuple[float, str]] = {}  # actor -> (answer by, why if not)
         self.started_any = False
         self.last_loss = ""
 
@@ -347,9 +349,8 @@ class _Pool:
         return self.outcomes
 
     def _loop(self) -> None:
-        start = time.monotonic()
         for actor in self.actors:
-            self._ping(actor)
+            self._ping(actor, START_TIMEOUT, "did not start")
         while len(self.outcomes) < self.total:
             while self.idle and self.queue:
                 unit = self.queue.popleft()
@@ -361,47 +362,54 @@ class _Pool:
                 while self.queue:
                     self._finish(self.queue.popleft(), "failed", f"no worker left ({self.last_loss})")
                 return
-            timeout = None if self.started_any else max(0.0, START_TIMEOUT - (time.monotonic() - start))
+            # Wait for the next answer, but not past the time a (re)starting worker has to answer.
+            first = min((when for when, _ in self.deadlines.values()), default=None)
+            timeout = None if first is None else max(0.0, first - time.monotonic())
             ready, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
             if not ready:
-                raise WorkerStartError(
-                    f"no worker started within {START_TIMEOUT:g} s: the cluster may lack the "
-                    f"CPUs/GPUs asked for, or loading the model hangs")
+                self._retire_late()
+                continue
             actor, call, unit = self.inflight.pop(ready[0])
             if call == "ready":
                 self._answered_ready(ready[0], actor)
             else:
                 self._answered_run(ready[0], actor, unit)
 
-    def _ping(self, actor) -> None:
-        self.waiting_since.setdefault(actor, time.monotonic())
+    def _ping(self, actor, limit: float, late: str) -> None:
+        """Ask `actor` whether it is ready; it is retired if it has not said so in `limit` s."""
+        self.deadlines.setdefault(actor, (time.monotonic() + limit, f"worker {late} within {limit:g} s"))
         self.inflight[actor.ready.remote()] = (actor, "ready", None)
+
+    def _retire_late(self) -> None:
+        now = time.monotonic()
+        for actor, (when, why) in list(self.deadlines.items()):
+            if when <= now:
+                self._retire(actor, why)
+                for ref in [r for r, (a, _, _) in self.inflight.items() if a == actor]:
+                    del self.inflight[ref]  # only ready() calls: a busy worker has no deadline
 
     def _retire(self, actor, reason: str) -> None:
         self.last_loss = reason
         self.actors.remove(actor)
+        self.deadlines.pop(actor, None)
         with contextlib.suppress(Exception):
             self.ray.kill(actor, no_restart=True)
 
     def _answered_ready(self, ref, actor) -> None:
-        exc = self.ray.exceptions
         try:
             broken = self.ray.get(ref)
-        except _unavailable(self.ray):  # still restarting: ask again, within limits
-            if time.monotonic() - self.waiting_since[actor] > RESTART_TIMEOUT:
-                self._retire(actor, f"worker did not come back within {RESTART_TIMEOUT:g} s")
-            else:
-                time.sleep(0.1)  # Ray may answer at once while it restarts; do not spin
-                self._ping(actor)
+        except _unavailable(self.ray):  # restarting: ask again until its deadline
+            time.sleep(0.1)  # Ray answers at once while it restarts; do not spin
+            self._ping(actor, RESTART_TIMEOUT, "did not come back")
             return
-        except exc.RayError as err:
+        except self.ray.exceptions.RayError as err:
             self._retire(actor, f"worker died ({_ray_reason(self.ray, err)})")
             return
         if broken is not None:
             self._retire(actor, f"worker could not start: {broken}")
             return
         self.started_any = True
-        self.waiting_since.pop(actor, None)
+        self.deadlines.pop(actor, None)
         self.idle.append(actor)
 
     def _answered_run(self, ref, actor, unit: Unit) -> None:
@@ -417,7 +425,8 @@ class _Pool:
             else:
                 self.emit("retry", {"key": unit.key, "reason": why, "attempt": died + 1})
                 self.queue.append(unit)
-            self._ping(actor)  # restarting: used again once it answers; dead: retired then
+            # Restarting: used again once it answers; dead: retired then.
+            self._ping(actor, RESTART_TIMEOUT, "did not come back")
             return
         except exc.RayError as err:  # the result could not come back (e.g. unpicklable)
             outcome, value = "failed", _ray_reason(self.ray, err)
