@@ -95,7 +95,9 @@ def pages(inputs, out, fmt, recolour, overwrite, weights, model, device, precisi
     through unless --recolour. Exit code 0 when every page succeeded, 1 when
     any failed (listed at the end), 2 when the run could not start.
     """
-    from .pipeline import PagesConfig, PipelineError, RunConfig, colour_pages
+    from .errors import ColourbatchError
+    from .pages import PagesConfig, colour_pages
+    from .pipeline import PipelineError, RunConfig
 
     run = RunConfig(weights=weights, model=model, device=device, precision=precision,
                     batch_size=batch_size, workers=workers, temperature=temperature)
@@ -104,9 +106,9 @@ def pages(inputs, out, fmt, recolour, overwrite, weights, model, device, precisi
     with _Progress(console, "pages", quiet) as bar:
         try:
             report = colour_pages(list(inputs), pcfg, run, on_progress=bar.event)
-        except PipelineError as exc:
+        except (PipelineError, ColourbatchError) as exc:
             bar.stop()
-            fail(str(exc), 2)
+            fail(str(exc), getattr(exc, "exit_code", 2))
         except KeyboardInterrupt:
             bar.stop()
             fail("interrupted; finished pages are kept, a re-run resumes", 130)
