@@ -9,7 +9,8 @@ replace an input, two inputs onto one output), what one bad input answers
 encrypted archive members), and how outputs appear only when complete
 (files.py). Pages inside a .cbz/.zip are staged one by one in a hidden folder
 next to the final archive, so an interrupted archive resumes page by page, and
-zipped once all are done, with whatever failed listed.
+zipped once all are done, with whatever failed listed. A multi-page TIFF is a
+chapter: every page is coloured and written back as one multi-page TIFF.
 
 Folder walks take regular files only (a FIFO or device named .png is listed as
 a failure, never read) and do not follow folder symlinks (each is named in the
@@ -388,12 +389,14 @@ def page_bytes(job: PageJob, cache: dict | None = None) -> bytes:
     return files.read_limited(job.path, MAX_MEMBER_BYTES)
 
 
-def decode_page(data: bytes) -> np.ndarray:
-    """Bytes of a page -> uint8 RGB; raises PageError with the reason it is refused.
+def decode_pages(data: bytes) -> list[np.ndarray]:
+    """Bytes of a page file -> its pictures as uint8 RGB; raises PageError with the reason.
 
-    16-bit pages are scaled to 8 bits, alpha is flattened onto white (paper),
-    palette and CMYK pages are expanded by OpenCV. Animated WebP and multi-page
-    TIFF are refused by name: OpenCV would decode their first picture only.
+    One picture, or every page of a multi-page TIFF (a chapter; its pixels
+    together count against MAX_PIXELS). 16-bit pages are scaled to 8 bits,
+    alpha is flattened onto white (paper), palette and CMYK pages are expanded
+    by OpenCV. Animated WebP is refused by name: OpenCV would decode its first
+    frame only.
     """
     from .data import DataError, to_rgb8
 
@@ -404,33 +407,41 @@ def decode_page(data: bytes) -> np.ndarray:
         raise PageError("empty file (0 bytes)")
     size = header_size(data)
     if size is not None:
-        w, h = size
-        if w * h > MAX_PIXELS:
-            raise PageError(f"{w}x{h} is {w * h / 1e6:.0f} MP; more than {MAX_PIXELS // 1_000_000} MP refused")
-    why = truncated(data) or several_pictures(data)
+        _check_pixels(size[0] * size[1], f"{size[0]}x{size[1]}")
+    why = truncated(data) or animated(data)
     if why:
         raise PageError(why)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
+    buf = np.frombuffer(data, np.uint8)
+    if tiff_pages(data) > 1:
+        ok, imgs = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
+        imgs = list(imgs) if ok else []
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        imgs = [] if img is None else [img]
+    if not imgs:
         raise PageError("not a readable image (corrupt, or not an image despite its name)")
-    h, w = img.shape[:2]
-    if h * w > MAX_PIXELS:
-        raise PageError(f"{w}x{h} is {w * h / 1e6:.0f} MP; more than {MAX_PIXELS // 1_000_000} MP refused")
-    if min(h, w) < MIN_SIDE:
-        raise PageError(f"{w}x{h} is too small to colour (under {MIN_SIDE} px on a side)")
+    h, w = imgs[0].shape[:2]
+    _check_pixels(sum(i.shape[0] * i.shape[1] for i in imgs),
+                  f"{w}x{h}" if len(imgs) == 1 else f"a chapter of {len(imgs)} pages")
+    for img in imgs:
+        h, w = img.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise PageError(f"{w}x{h} is too small to colour (under {MIN_SIDE} px on a side)")
     try:
-        return to_rgb8(img, (255, 255, 255))
+        return [to_rgb8(img, (255, 255, 255)) for img in imgs]
     except DataError as exc:
         raise PageError(str(exc)) from None
 
 
-def several_pictures(data: bytes) -> str | None:
-    """Why a file holding several pictures is not coloured (animated WebP, multi-page TIFF), or None."""
+def _check_pixels(pixels: int, what: str) -> None:
+    if pixels > MAX_PIXELS:
+        raise PageError(f"{what} is {pixels / 1e6:.0f} MP; more than {MAX_PIXELS // 1_000_000} MP refused")
+
+
+def animated(data: bytes) -> str | None:
+    """Why an animated WebP is not coloured, or None."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] == b"VP8X" and data[20] & 0x02:
         return f"animated WebP ({_webp_frames(data)} frames) not coloured: only still pages are"
-    n = _tiff_pages(data)
-    if n > 1:
-        return f"multi-page TIFF ({n} pages) not coloured: split it into one file per page"
     return None
 
 
@@ -443,7 +454,7 @@ def _webp_frames(data: bytes) -> int:
     return n
 
 
-def _tiff_pages(data: bytes, limit: int = 10_000) -> int:
+def tiff_pages(data: bytes, limit: int = 10_000) -> int:
     """How many pictures (IFDs) a classic TIFF holds; 0 when it is not one."""
     order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
     if order is None:
@@ -521,9 +532,14 @@ ENCODE_PARAMS = {
 }
 
 
-def encode_page(rgb: np.ndarray, ext: str) -> bytes:
-    """uint8 RGB -> file bytes in the format of `ext` (BGR only at the cv2 call)."""
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), ENCODE_PARAMS.get(ext, []))
+def encode_pages(rgbs: list[np.ndarray], ext: str) -> bytes:
+    """uint8 RGB pictures -> file bytes in the format of `ext` (BGR only at the cv2 call);
+    several pictures only as a multi-page TIFF."""
+    bgr = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for rgb in rgbs]
+    if len(bgr) == 1:
+        ok, buf = cv2.imencode(ext, bgr[0], ENCODE_PARAMS.get(ext, []))
+    else:
+        ok, buf = cv2.imencodemulti(ext, bgr)
     if not ok:
         raise PageError(f"OpenCV could not encode {ext}")
     return buf.tobytes()
@@ -596,14 +612,16 @@ class PagesReport:
 
 
 class PageDataset:
-    """Reads, decodes and converts one page per item, in DataLoader workers.
+    """Reads, decodes and converts one page file per item, in DataLoader workers.
 
-    An item is a dict: kind "colour" with the full-resolution L plane and its
-    tiles (one per window, see tile_windows), kind "copy" for a colour page
-    passed through, or kind "error" with the reason. Errors are values, not
-    exceptions, so one bad page never stops the batch. (A plain map-style
-    dataset: DataLoader needs only __len__ and __getitem__, and torch stays
-    out of this module's import.)
+    An item is a dict: kind "colour" with "pages", one per picture in the file
+    (a multi-page TIFF has several), each either {"l8", "windows"} (the
+    full-resolution L plane and its windows, see tile_windows) or {"rgb"} (a
+    colour page inside a chapter, kept), and "tiles" for every window in
+    order; kind "copy" for a colour file passed through; kind "error" with the
+    reason. Errors are values, not exceptions, so one bad page never stops
+    the batch. (A plain map-style dataset: DataLoader needs only __len__ and
+    __getitem__, and torch stays out of this module's import.)
     """
 
     def __init__(self, jobs: list[PageJob], recolour: bool):
@@ -619,19 +637,32 @@ class PageDataset:
         job = self.jobs[i]
         try:
             data = page_bytes(job, self._zips)
-            rgb = decode_page(data)
-            if not self.recolour and not colour.is_greyscale(rgb):
+            n = tiff_pages(data)
+            if n > 1 and job.out_ext not in (".tif", ".tiff"):
+                raise PageError(f"multi-page TIFF ({n} pages) can only be written as TIFF; "
+                                f"not coloured as {job.out_ext}")
+            pics = decode_pages(data)
+            grey = [self.recolour or colour.is_greyscale(rgb) for rgb in pics]
+            if not any(grey):
                 return {"i": i, "kind": "copy", "data": data}
-            l8 = colour.rgb_to_l(rgb)
-            h, w = l8.shape
-            windows = tile_windows(h, w)
-            tiles = np.stack([colour.l_tile(l8[y0:y1, x0:x1]) for y0, y1, x0, x1 in windows])
-            return {"i": i, "kind": "colour", "l8": l8, "tiles": torch.from_numpy(tiles),
-                    "windows": windows}
+            out, tiles = [], []
+            for rgb, colour_it in zip(pics, grey):
+                if not colour_it:
+                    out.append({"rgb": rgb})
+                    continue
+                l8 = colour.rgb_to_l(rgb)
+                windows = tile_windows(*l8.shape)
+                tiles += [colour.l_tile(l8[y0:y1, x0:x1]) for y0, y1, x0, x1 in windows]
+                out.append({"l8": l8, "windows": windows})
+            return {"i": i, "kind": "colour", "pages": out, "tiles": torch.from_numpy(np.stack(tiles))}
         except InputError as exc:  # PageError, and files.read_limited's refusals
             return {"i": i, "kind": "error", "reason": str(exc)}
         except (cv2.error, MemoryError, ValueError) as exc:
             return {"i": i, "kind": "error", "reason": f"cannot decode ({one_line(exc)})"}
+
+
+def _windows(item: dict) -> int:
+    return sum(len(p.get("windows", ())) for p in item["pages"])
 
 
 def _collate_pages(items: list[dict]) -> list[dict]:
@@ -675,11 +706,16 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run, on_progress=None) ->
                 else:
                     files.write_bytes(job.dest.with_suffix(job.path.suffix), result["data"])
                 return "copy", None
-            l8 = result["l8"]
-            h, w = l8.shape
-            ab = blend_windows(h, w, result["windows"], ab_small)
-            rgb = colour.merge_l_ab(l8, ab)
-            files.write_bytes(job.dest, encode_page(rgb, job.out_ext))
+            rgbs, k = [], 0
+            for page in result["pages"]:
+                if "rgb" in page:
+                    rgbs.append(page["rgb"])
+                    continue
+                (h, w), n = page["l8"].shape, len(page["windows"])
+                ab = blend_windows(h, w, page["windows"], ab_small[k:k + n])
+                rgbs.append(colour.merge_l_ab(page["l8"], ab))
+                k += n
+            files.write_bytes(job.dest, encode_pages(rgbs, job.out_ext))
             return "done", None
         except ColourbatchError as exc:  # PageError, files.WriteError
             return "error", str(exc)
@@ -714,7 +750,7 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run, on_progress=None) ->
                     if r["kind"] == "error":
                         record(job, "error", r["reason"])
                         continue
-                    n = len(r["windows"]) if r["kind"] == "colour" else 0
+                    n = _windows(r) if r["kind"] == "colour" else 0
                     pending.append((job, pool.submit(finish, job, r, ab_all[k:k + n])))
                     k += n
                 # Bound the write queue: memory stays flat however many pages there are.

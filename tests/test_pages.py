@@ -233,7 +233,7 @@ def test_bad_pages_each_get_a_reason_and_batch_goes_on(tmp_path, seed_weights):
     assert read_rgb(tmp_path / "out" / "deep16.png").shape == (40, 50, 3)
     # Alpha 100/255 over white paper: the flattened page is lighter than the strokes alone.
     alpha_out = colour.rgb_to_l(read_rgb(tmp_path / "out" / "alpha.png"))
-    expect = colour.rgb_to_l(pages.decode_page((src / "alpha.png").read_bytes()))
+    expect = colour.rgb_to_l(pages.decode_pages((src / "alpha.png").read_bytes())[0])
     assert np.abs(alpha_out.astype(int) - expect).mean() < 1.0
     assert not (tmp_path / "out" / "cut.jpg").exists()
 
@@ -477,27 +477,50 @@ def test_folder_symlinks_are_not_followed_and_say_so(tmp_path, seed_weights):
 
 
 # ------------------------------------------------------------------ said, not dropped
-def test_animated_and_multi_page_pictures_are_listed(tmp_path, seed_weights):
+def test_animated_pictures_are_listed_not_dropped(tmp_path, seed_weights):
     src = tmp_path / "in"
-    frames = [cv2.cvtColor(line_art(40, 40, i), cv2.COLOR_GRAY2BGR) for i in range(3)]
+    src.mkdir()
     anim = cv2.Animation()
-    anim.frames, anim.durations = frames, [100] * 3
+    anim.frames = [cv2.cvtColor(line_art(40, 40, i), cv2.COLOR_GRAY2BGR) for i in range(3)]
+    anim.durations = [100] * 3
     for ext in (".webp", ".gif"):
         ok, buf = cv2.imencodeanimation(ext, anim)
         assert ok
-        (src / f"anim{ext}").parent.mkdir(exist_ok=True)
         (src / f"anim{ext}").write_bytes(buf.tobytes())
-    ok, buf = cv2.imencodemulti(".tiff", frames)
-    assert ok
-    (src / "chapter.tiff").write_bytes(buf.tobytes())
     write(src / "still.webp", line_art(40, 40))
-    write(src / "single.tiff", line_art(40, 40))
     report = run([src], tmp_path / "out", seed_weights)
-    reasons = {Path(s).name: r for s, r in report.failed}
-    assert reasons == {"anim.gif": pages.NOT_PAGES[".gif"],
-                       "anim.webp": "animated WebP (3 frames) not coloured: only still pages are",
-                       "chapter.tiff": "multi-page TIFF (3 pages) not coloured: split it into one file per page"}
-    assert sorted(Path(s).name for s in report.done) == ["single.tiff", "still.webp"]
+    assert {Path(s).name: r for s, r in report.failed} == {
+        "anim.gif": pages.NOT_PAGES[".gif"],
+        "anim.webp": "animated WebP (3 frames) not coloured: only still pages are"}
+    assert report.done == [str(src / "still.webp")]
+
+
+def test_multi_page_tiff_is_coloured_as_a_chapter(tmp_path, tinted_weights, monkeypatch):
+    grey = [line_art(60, 40, 1), line_art(30, 50, 2)]
+    colour_page = np.zeros((20, 20, 3), np.uint8)
+    colour_page[:, :, 2] = 200
+    ok, buf = cv2.imencodemulti(".tiff", [cv2.cvtColor(grey[0], cv2.COLOR_GRAY2BGR), colour_page,
+                                           cv2.cvtColor(grey[1], cv2.COLOR_GRAY2BGR)])
+    assert ok
+    src = tmp_path / "chapter.tiff"
+    src.write_bytes(buf.tobytes())
+    report = run([src], tmp_path / "out", tinted_weights)
+    assert report.done == [str(src)] and report.ok
+    ok, out = cv2.imreadmulti(str(tmp_path / "out" / "chapter.tiff"), flags=cv2.IMREAD_COLOR)
+    assert ok and [p.shape for p in out] == [(60, 40, 3), (20, 20, 3), (30, 50, 3)]
+    assert (out[1] == colour_page).all()  # a colour page in the chapter is kept as it was
+    for page, g in zip([out[0], out[2]], grey):
+        rgb, l_in = page[..., ::-1].copy(), colour.rgb_to_l(cv2.cvtColor(g, cv2.COLOR_GRAY2RGB))
+        assert np.abs(colour.rgb_to_l(rgb).astype(int) - l_in).mean() < 1.0
+        assert colour.chroma_share(rgb) > 0.2
+    # A chapter cannot become one PNG: said, not cut to its first page.
+    report = run([src], tmp_path / "png", tinted_weights, fmt="png")
+    assert report.failed == [(str(src), "multi-page TIFF (3 pages) can only be written as TIFF; "
+                                        "not coloured as .png")]
+    # The pixel limit holds for the pages together: one TIFF is not a way around it.
+    monkeypatch.setattr(pages, "MAX_PIXELS", 4000)  # each page is under it, the three are not
+    with pytest.raises(pages.PageError, match="a chapter of 3 pages is .* refused"):
+        pages.decode_pages(src.read_bytes())
 
 
 def test_opencv_warnings_do_not_reach_the_user(tmp_path, seed_weights, capfd):
