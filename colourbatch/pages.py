@@ -28,12 +28,16 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from . import colour, files
 from .errors import ColourbatchError, InputError, one_line
+
+if TYPE_CHECKING:
+    from .pipeline import RunConfig
 
 #: Page formats read and written (OpenCV codecs): the one list; the CLI's --format reads FORMATS.
 PAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -128,7 +132,7 @@ def plan_pages(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str
             continue
         if src.suffix.lower() not in PAGE_EXTS + ARCHIVE_EXTS:
             raise PlanError(f"{raw}: not a page ({', '.join(PAGE_EXTS + ARCHIVE_EXTS)})")
-        if _key(out) == _key(src.parent):
+        if os.path.realpath(out) == os.path.realpath(src.parent):
             raise PlanError(f"{raw}: -o is the folder this input is in; outputs there could "
                             "replace inputs; choose another -o")
         sources.append((src, src.parent))
@@ -669,10 +673,11 @@ def _collate_pages(items: list[dict]) -> list[dict]:
     return items  # pages differ in size: the model batches their tiles, not the pages
 
 
-def colour_pages(inputs: list[str], pcfg: PagesConfig, run, on_progress=None) -> PagesReport:
+def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
+                 on_progress=None) -> PagesReport:
     """Colour every page under `inputs` into `pcfg.out`; returns what happened to each.
 
-    `run` is a pipeline.RunConfig. Raises PlanError (exit 2) before any work
+    Raises PlanError (exit 2) before any work
     when the run cannot start, pipeline.PipelineError when the model cannot be
     loaded, data.WorkerError (exit 1) when a reading worker dies; finished
     pages are kept and a re-run resumes. Reading/decoding runs in `run.workers`
@@ -680,6 +685,7 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run, on_progress=None) ->
     merging, encoding and writing run in a small thread pool while the next
     batch is predicted.
     """
+    # Here, not at the top: importing pages (for FORMATS, by the CLI) must not import torch.
     from concurrent.futures import ThreadPoolExecutor
 
     import torch

@@ -302,6 +302,8 @@ def test_outputs_that_would_replace_inputs_are_refused(tmp_path):
     refused([page], x, "replace inputs", overwrite=True)
     refused([book], x, "replace inputs", overwrite=True)
     refused([page], x, "replace inputs", fmt="jpg", overwrite=True)
+    os.symlink(x, tmp_path / "x-link")  # the same folder by another name
+    refused([page], tmp_path / "x-link", "replace inputs", fmt="jpg", overwrite=True)
     # An output that is an input given in the same run, wherever -o is.
     write(tmp_path / "in" / "sub" / "page.png", line_art(30, 30))
     deep = write(x / "sub" / "page.png", line_art(30, 30))
@@ -493,6 +495,16 @@ def test_animated_pictures_are_listed_not_dropped(tmp_path, seed_weights):
         "anim.gif": pages.NOT_PAGES[".gif"],
         "anim.webp": "animated WebP (3 frames) not coloured: only still pages are"}
     assert report.done == [str(src / "still.webp")]
+
+
+def test_gif_in_an_archive_is_kept_and_said(tmp_path, seed_weights):
+    ok, gif = cv2.imencode(".gif", cv2.cvtColor(line_art(30, 30), cv2.COLOR_GRAY2BGR))
+    assert ok
+    src = make_cbz(tmp_path / "book.cbz", [("cover.gif", gif.tobytes()), ("p1.png", png_bytes(line_art(30, 30)))])
+    report = run([src], tmp_path / "out", seed_weights)
+    assert report.notes == [f"{src}:cover.gif: {pages.NOT_PAGES['.gif']}; kept unchanged in the archive"]
+    with zipfile.ZipFile(tmp_path / "out" / "book.cbz") as zf:
+        assert zf.read("cover.gif") == gif.tobytes() and zf.namelist() == ["cover.gif", "p1.png"]
 
 
 def test_multi_page_tiff_is_coloured_as_a_chapter(tmp_path, tinted_weights, monkeypatch):
