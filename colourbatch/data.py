@@ -379,7 +379,7 @@ class Loader(DataLoader):
         it = super().__iter__()
         if self.num_workers == 0:
             return it  # in-process: errors arrive as they are, with their own types
-        if main and signal.getsignal(signal.SIGCHLD) is not before:
+        if main and before is not None and signal.getsignal(signal.SIGCHLD) is not before:
             signal.signal(signal.SIGCHLD, before)  # torch installs it once per process
         return _guarded(it)
 

@@ -1,6 +1,6 @@
 """data.make_loader: a DataLoader whose worker failures end the run in seconds, typed.
 
-Each case is a way a worker was seen to fail: killed, exiting, losing a result
+Each case is a way a worker was seen to fail: killed, losing a result
 in its queue-feeder thread (an unpicklable item; shared memory that cannot
 grow under `ulimit -f`), and outliving a killed parent. Every run sits inside
 a deadline, so a regression fails the test instead of hanging the suite.
@@ -71,6 +71,16 @@ def test_file_size_limit_names_its_reason(deadline):
     # feeder thread; it must happen, and fail, in the worker's own thread instead.
     with deadline(20), pytest.raises(WorkerError, match="File too large"):
         drain("file-size", collate_fn=lambda items: items)
+
+
+def test_no_exception_is_raised_from_a_signal_handler(monkeypatch):
+    # torch's SIGCHLD handler raises wherever the main thread is (inside a finaliser the
+    # error is printed with a traceback and lost); deaths are answered at the next wait.
+    # torch installs it once per process: make it do so again, whatever ran before.
+    monkeypatch.setattr(torch.utils.data._utils.signal_handling, "_SIGCHLD_handler_set", False)
+    before = signal.getsignal(signal.SIGCHLD)
+    assert [len(b) for b in make_loader(Failing("none"), 4, 1)] == [4, 4]
+    assert signal.getsignal(signal.SIGCHLD) is before
 
 
 def test_in_process_loading_is_unchanged():
