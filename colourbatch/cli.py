@@ -125,7 +125,7 @@ def pages(ctx, inputs, quiet, **values):
     two inputs would share, is refused before any work. Exit code: 0 every
     page done, 1 some failed (listed at the end), 2 the run could not start.
     """
-    from .pipeline import colour_pages  # INTERIM
+    from .pages import colour_pages
 
     run, pcfg = C.build(C.RunConfig, values), C.build(C.PagesConfig, values)
     console = make_console()

@@ -11,9 +11,15 @@ seen, and the validation split (a hash of each file's path) never moves.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import math
+import multiprocessing.queues
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,11 +27,11 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, default_convert
 
 from . import colour
 from .config import SPLITS, VAL_FRACTION
-from .errors import ColourbatchError, InputError, one_line
+from .errors import EXIT_FAILED, ColourbatchError, InputError, one_line
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 KAGGLE_GREY = Path("l") / "gray_scale.npy"
@@ -347,20 +353,132 @@ def set_epoch(dataset: Dataset, epoch: int) -> None:
         dataset.epoch = epoch
 
 
+class WorkerError(ColourbatchError):
+    """A DataLoader worker died or could not hand its result back: the run ends (exit 1)."""
+
+    exit_code = EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class _WorkerFailure:
+    """What a worker returns instead of a result it could not hand over (no tensors in it)."""
+
+    reason: str
+
+
+class Loader(DataLoader):
+    """A DataLoader whose worker failures end the run with a WorkerError instead of a hang.
+
+    torch notices a worker that died by polling the workers' liveness whenever
+    no result arrived for MP_STATUS_CHECK_INTERVAL (5 s); that RuntimeError
+    leaves here as a WorkerError. It does not notice a result lost in a
+    worker's queue-feeder thread: sending tensors copies them into shared
+    memory there, and when that fails (a full disk, ``ulimit -f``: 'unable to
+    resize file ... File too large') the thread prints a traceback, drops the
+    result and the parent waits for it forever. So each result's tensors are
+    moved into shared memory in the worker's own thread (`_share_result`),
+    where a failure becomes a `_WorkerFailure` value, and any other feeder
+    failure kills the worker (`_worker_init`), which the polling then finds.
+
+    torch also installs a SIGCHLD handler that raises its RuntimeError in the
+    main thread wherever it happens to be: inside a finaliser or a weakref
+    callback it is printed as "Exception ignored" with a traceback and lost.
+    That handler is put back to what it was, so a death is answered at the
+    next wait for data, within seconds, always in the same place.
+    """
+
+    def __iter__(self):
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.getsignal(signal.SIGCHLD) if main else None
+        it = super().__iter__()
+        if self.num_workers == 0:
+            return it  # in-process: errors arrive as they are, with their own types
+        if main and before is not None and signal.getsignal(signal.SIGCHLD) is not before:
+            signal.signal(signal.SIGCHLD, before)  # torch installs it once per process
+        return _guarded(it)
+
+
+def _guarded(it):
+    try:
+        for item in it:
+            if isinstance(item, _WorkerFailure):
+                raise WorkerError(f"a data worker failed: {item.reason}")
+            yield item
+    except RuntimeError as exc:
+        # With workers, the RuntimeErrors leaving the iterator are torch's own (a worker
+        # died, the pin-memory thread died) or a worker's re-raised: none can be resumed.
+        raise WorkerError(f"a data worker failed: {one_line(exc)}") from None
+    except (ConnectionError, EOFError) as exc:
+        # A worker that dies while the parent is fetching a batch's shared memory from it
+        # breaks that connection (ECONNRESET, EOF) before torch's liveness check runs.
+        raise WorkerError(f"a data worker died while handing over a batch ({one_line(exc)})") from None
+
+
+def _share_tensors(obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        if obj.device.type == "cpu" and not obj.is_shared():
+            obj.share_memory_()
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _share_tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _share_tensors(v)
+
+
+def _share_result(collate_fn, batch):
+    """Runs in a worker: collate, then move the tensors to shared memory here, not in
+    the queue's feeder thread, so a failure is reported instead of lost."""
+    try:
+        out = collate_fn(batch)  # default_collate allocates its output in shared memory itself
+        _share_tensors(out)
+    except (RuntimeError, OSError, MemoryError) as exc:
+        return _WorkerFailure(one_line(exc))
+    return out
+
+
+#: Exit status of a worker whose queue-feeder thread failed to send a result.
+FEEDER_FAILED = 70
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _feeder_failed(exc, obj) -> None:
+    # The result is lost and the parent would wait for it forever: die, so it notices.
+    os._exit(FEEDER_FAILED)
+
+
+def _worker_init(parent: int, worker_init_fn, worker_id: int) -> None:
+    """First thing in each worker: die with the parent, and die rather than lose a result."""
+    if sys.platform.startswith("linux"):
+        # A worker outlived a SIGKILLed parent by minutes; the kernel now kills it at once.
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)  # the parent died before prctl took effect
+    multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_feeder_failed)
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
+
+
 def make_loader(dataset: Dataset, batch_size: int | None, workers: int, sampler=None,
                 pin_memory: bool = False, collate_fn=None, drop_last: bool = False,
-                shuffle: bool = False, prefetch: int = 4) -> DataLoader:
+                shuffle: bool = False, prefetch: int = 4, worker_init_fn=None) -> Loader:
     """The DataLoader every command uses: worker prefetching, pinned memory on CUDA.
 
     `batch_size=None` passes items through as they are (an IterableDataset that
-    yields whole batches); `prefetch` is batches queued per worker.
+    yields whole batches); `prefetch` is batches queued per worker. A worker
+    that dies or cannot hand back a result raises WorkerError (see `Loader`).
     """
     kw = {}
     if workers > 0:
-        kw.update(prefetch_factor=prefetch, persistent_workers=False)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler,
-                      shuffle=shuffle if sampler is None else False, pin_memory=pin_memory,
-                      collate_fn=collate_fn, drop_last=drop_last, **kw)
+        collate = collate_fn or (default_collate if batch_size is not None else default_convert)
+        kw.update(prefetch_factor=prefetch, persistent_workers=False,
+                  collate_fn=functools.partial(_share_result, collate),
+                  worker_init_fn=functools.partial(_worker_init, os.getpid(), worker_init_fn))
+    else:
+        kw.update(collate_fn=collate_fn, worker_init_fn=worker_init_fn)
+    return Loader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler,
+                  shuffle=shuffle if sampler is None else False, pin_memory=pin_memory,
+                  drop_last=drop_last, **kw)
 
 
 def _rng(seed: int, epoch: int, index: int) -> np.random.Generator:

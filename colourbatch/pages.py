@@ -1,31 +1,47 @@
-"""Pages on disk: finding them, reading them safely, writing them atomically.
+"""`colourbatch pages`: finding pages, refusing what cannot be done, colouring, writing.
 
-Owns the rules for `colourbatch pages`: which inputs map to which outputs
-(folders mirrored, archives to archives of the same name), what is refused and
-why (corrupt, truncated, huge, unsafe archive members), and how an output
-appears only when complete (temporary name in the same folder, then rename).
-Pages inside a .cbz/.zip are staged one by one next to the final archive, so an
-interrupted archive resumes page by page, and zipped once all are done.
+Owns the pages driver (`PagesConfig`, `colour_pages`, `PagesReport`) on top of
+the shared engine (pipeline.Colouriser), and its rules: which inputs map to
+which outputs (folders mirrored, archives to archives of the same name), what
+is refused before any work (PlanError: nothing to do, an output that would
+replace an input, two inputs onto one output), what one bad input answers
+(PageError: corrupt, truncated, huge, animated, not a regular file, unsafe or
+encrypted archive members), and how outputs appear only when complete
+(files.py). Pages inside a .cbz/.zip are staged one by one in a hidden folder
+next to the final archive, so an interrupted archive resumes page by page, and
+zipped once all are done, with whatever failed listed. A multi-page TIFF is a
+chapter: every page is coloured and written back as one multi-page TIFF.
+
+Folder walks take regular files only (a FIFO or device named .png is listed as
+a failure, never read) and do not follow folder symlinks (each is named in the
+report's notes). Hidden files and folders are skipped: they hold our own
+staging and temporary files.
 """
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import struct
-import tempfile
+import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+import torch
 
-from . import colour
-from .data import to_rgb8
+from . import colour, files
+from .config import ARCHIVE_EXTS, PAGE_EXTS, PAGE_FORMATS, PagesConfig, RunConfig
+from .data import make_loader
+from .errors import ColourbatchError, InputError, one_line
+from .pipeline import Colouriser
 
-#: Page formats read and written (OpenCV codecs).
-PAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-ARCHIVE_EXTS = (".cbz", ".zip")
+#: Pictures found in folders that are not coloured, and why (listed as failures, never dropped silently).
+NOT_PAGES = {".gif": "GIF not coloured (animated or palette pictures are not pages; convert it to PNG)"}
 #: Refuse pictures above this many pixels: a 100 MP page already needs ~1 GB to process.
 MAX_PIXELS = 100_000_000
 #: Refuse pictures narrower than this on either side: nothing to colour.
@@ -33,21 +49,24 @@ MIN_SIDE = 8
 #: Refuse archives that would unpack to more than this, or hold more members.
 MAX_ARCHIVE_BYTES = 8 << 30
 MAX_ARCHIVE_MEMBERS = 50_000
+#: Largest page (file or archive member) read; counted on the bytes actually read.
 MAX_MEMBER_BYTES = 1 << 30
-TMP_TAG = ".colourbatch-tmp"
 STAGE_TAG = ".colourbatch-parts"
+#: What reading a hostile or damaged zip member can raise (bad CRC, lying sizes, encryption, codecs).
+ZIP_ERRORS = (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError, ValueError,
+              zlib.error, lzma.LZMAError)
 
 # OpenCV's own decoder limit, as a second line of defence for formats whose
 # header we do not read ourselves (TIFF). Read by OpenCV at its first decode.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS + 1))
 
 
-class PageError(ValueError):
-    """One page (or archive) that cannot be coloured; the message is the reason."""
+class PageError(InputError):
+    """One page (or archive) that cannot be coloured; the batch goes on (exit 1)."""
 
 
-class PlanError(ValueError):
-    """The run as asked cannot start (missing input, output inside input, ...)."""
+class PlanError(ColourbatchError):
+    """The run as asked cannot start (nothing to do, or it would lose data): exit 2."""
 
 
 # ------------------------------------------------------------------ planning
@@ -69,7 +88,7 @@ class ArchiveJob:
     members: list[str]         # every member, in the archive's order
     pages: dict[str, Path]     # page member -> staged output file
     renames: dict[str, str]    # page member -> member name in the output (format change)
-    refused: dict[str, str] = field(default_factory=dict)  # member -> reason
+    refused: dict[str, str] = field(default_factory=dict)  # member -> reason (left out)
 
 
 @dataclass
@@ -78,6 +97,7 @@ class Plan:
     skipped: list[str] = field(default_factory=list)   # outputs already there (resume)
     failed: list[tuple[str, str]] = field(default_factory=list)  # found while planning
     archives: list[ArchiveJob] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # what was not looked at, and why
 
 
 def plan_pages(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str | None = None,
@@ -86,42 +106,80 @@ def plan_pages(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str
 
     A folder's pages keep their relative paths under `out`; a single image or
     archive lands in `out` under its own name. `fmt` (e.g. "png") changes the
-    output format; None keeps each page's own.
+    output format; None keeps each page's own. Refused: nothing to colour, an
+    output that is an input (or -o the folder an input file sits in), and two
+    inputs that would be written to the same output.
     """
     out = Path(out).absolute()
     out_ext = _normal_ext(fmt) if fmt else None
     if not inputs:
         raise PlanError("no INPUT given")
     plan = Plan()
-    seen_dest: dict[Path, str] = {}
+    sources: list[tuple[Path, Path]] = []  # (file, the folder its output path is relative to)
     for raw in inputs:
         src = Path(raw).absolute()
         if not src.exists():
             raise PlanError(f"{raw}: no such file or folder")
         if src == out:
             raise PlanError(f"{raw}: the output folder is the input; choose another -o")
-        if src.is_dir() and _inside(out, src):
-            raise PlanError(f"{out} is inside the input folder {raw}; choose an -o outside it")
-        if src.is_file() and src.suffix.lower() not in PAGE_EXTS + ARCHIVE_EXTS:
+        if src.is_dir():
+            if _inside(out, src):
+                raise PlanError(f"{out} is inside the input folder {raw}; choose an -o outside it")
+            sources += [(f, src) for f in _find_pages(src, plan)]
+            continue
+        if src.suffix.lower() not in PAGE_EXTS + ARCHIVE_EXTS:
             raise PlanError(f"{raw}: not a page ({', '.join(PAGE_EXTS + ARCHIVE_EXTS)})")
-        files = _find_pages(src) if src.is_dir() else [src]
-        base = src if src.is_dir() else src.parent
-        for f in files:
-            rel = f.relative_to(base)
-            dest = out / rel
-            if dest in seen_dest:
-                raise PlanError(f"{f} and {seen_dest[dest]} would both be written to {dest}")
-            seen_dest[dest] = str(f)
-            if f.suffix.lower() in ARCHIVE_EXTS:
-                _plan_archive(plan, f, dest, out_ext, overwrite)
-                continue
-            if out_ext:
-                dest = dest.with_suffix(out_ext)
-            if dest.exists() and not overwrite:
-                plan.skipped.append(str(f))
-                continue
-            plan.jobs.append(PageJob(str(f), f, None, dest, out_ext or _normal_ext(f.suffix)))
+        if os.path.realpath(out) == os.path.realpath(src.parent):
+            raise PlanError(f"{raw}: -o is the folder this input is in; outputs there could "
+                            "replace inputs; choose another -o")
+        sources.append((src, src.parent))
+    if not sources and not plan.failed:
+        raise PlanError(f"no pages found in {', '.join(map(str, inputs))} "
+                        f"({', '.join(PAGE_EXTS + ARCHIVE_EXTS)})")
+    _check_outputs(sources, out, out_ext)
+    for f, base in dict.fromkeys(sources):  # an input named twice is coloured once
+        try:
+            files.check_regular(f)
+        except InputError as exc:
+            plan.failed.append((str(f), str(exc)))
+            continue
+        dest = out / f.relative_to(base)
+        if f.suffix.lower() in ARCHIVE_EXTS:
+            _plan_archive(plan, f, dest, out_ext, overwrite)
+            continue
+        dest = dest.with_suffix(out_ext) if out_ext else dest
+        if dest.exists() and not overwrite:
+            plan.skipped.append(str(f))
+            continue
+        plan.jobs.append(PageJob(str(f), f, None, dest, out_ext or _normal_ext(f.suffix)))
     return plan
+
+
+def _check_outputs(sources: list[tuple[Path, Path]], out: Path, out_ext: str | None) -> None:
+    """PlanError when an output would replace an input, or two inputs share an output."""
+    inputs = {_key(f) for f, _ in sources}
+    seen: dict[Path, Path] = {}
+    for f, base in sources:
+        dest = out / f.relative_to(base)
+        archive = f.suffix.lower() in ARCHIVE_EXTS
+        for d in _output_names(dest, None if archive else out_ext):
+            k = _key(d)
+            if k in inputs:
+                raise PlanError(f"an output would replace the input {d}; choose another -o")
+            if seen.setdefault(k, f) != f:
+                raise PlanError(f"{f.name} and {seen[k].name} would both be written to {d}; "
+                                "colour them in separate runs")
+
+
+def _output_names(dest, out_ext: str | None) -> set:
+    """Every name a page may be written under: the new format's, and its own (a colour
+    page is copied through unchanged). Works on Paths and on archive member names."""
+    return {dest, dest.with_suffix(out_ext)} if out_ext else {dest}
+
+
+def _key(path: Path) -> Path:
+    """A path as the file system sees it (folder links resolved), for comparing outputs with inputs."""
+    return Path(os.path.realpath(path.parent)) / path.name
 
 
 def _plan_archive(plan: Plan, src: Path, dest: Path, out_ext: str | None, overwrite: bool) -> None:
@@ -130,6 +188,7 @@ def _plan_archive(plan: Plan, src: Path, dest: Path, out_ext: str | None, overwr
         return
     try:
         members = archive_members(src)
+        _check_member_names(members, out_ext)
     except PageError as exc:
         plan.failed.append((str(src), str(exc)))
         return
@@ -145,6 +204,8 @@ def _plan_archive(plan: Plan, src: Path, dest: Path, out_ext: str | None, overwr
             plan.failed.append((f"{src}:{name}", reason))
             continue
         ext = PurePosixPath(name).suffix.lower()
+        if ext in NOT_PAGES:
+            plan.notes.append(f"{src}:{name}: {NOT_PAGES[ext]}; kept unchanged in the archive")
         if ext not in PAGE_EXTS:
             continue  # metadata (ComicInfo.xml) and other files are copied through
         new_ext = out_ext or _normal_ext(ext)
@@ -156,15 +217,60 @@ def _plan_archive(plan: Plan, src: Path, dest: Path, out_ext: str | None, overwr
         plan.jobs.append(PageJob(f"{src}:{name}", src, name, staged, new_ext, index))
 
 
-def _find_pages(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        # Skip hidden folders, which hold our own staging and temporary files.
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            p = Path(root) / name
-            if not name.startswith(".") and p.suffix.lower() in PAGE_EXTS + ARCHIVE_EXTS:
+def _check_member_names(members: list[tuple[str, str | None]], out_ext: str | None) -> None:
+    """PageError (the archive is refused) when two members would have one name in the output:
+    a zip holding one name twice, or p01.png and p01.jpg with --format png. Renaming
+    would change a book's page names behind its reader's back; losing a page is worse."""
+    seen: dict[str, tuple[int, str]] = {}
+    for n, (name, reason) in enumerate(members):
+        if reason:
+            continue  # refused members are left out of the output
+        page = PurePosixPath(name).suffix.lower() in PAGE_EXTS
+        for out_name in _output_names(PurePosixPath(name), out_ext if page else None):
+            first, other = seen.setdefault(str(out_name), (n, name))
+            if first != n:
+                what = (f"two members named {name!r}" if other == name
+                        else f"members {other!r} and {name!r} would both be {str(out_name)!r}")
+                raise PageError(f"{what} in the output; archive not coloured")
+
+
+def _find_pages(folder: Path, plan: Plan) -> list[Path]:
+    """Page and archive files under `folder`, in sorted depth-first order.
+
+    Unreadable folders become failures and folder symlinks notes (not followed:
+    a link may point back up the tree, or out of it). Other pictures that are
+    not pages (NOT_PAGES) become failures with their reason.
+    """
+    found: list[Path] = []
+    stack = [folder]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            plan.failed.append((str(d), f"cannot read folder ({exc.strerror or exc})"))
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            p = Path(e.path)
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(p)
+                    continue
+                if e.is_symlink() and e.is_dir():
+                    plan.notes.append(f"{p}: folder symlink not followed")
+                    continue
+            except OSError:
+                pass  # a broken link or a race: check_regular answers for it below
+            ext = p.suffix.lower()
+            if ext in NOT_PAGES:
+                plan.failed.append((str(p), NOT_PAGES[ext]))
+            elif ext in PAGE_EXTS + ARCHIVE_EXTS:
                 found.append(p)
+        stack.extend(reversed(subdirs))
     return found
 
 
@@ -180,7 +286,7 @@ def _normal_ext(ext: str) -> str:
     ext = ext.lower()
     ext = ext if ext.startswith(".") else "." + ext
     if ext not in PAGE_EXTS:
-        raise PlanError(f"unknown page format {ext!r} (use {', '.join(e[1:] for e in PAGE_EXTS)})")
+        raise PlanError(f"unknown page format {ext!r} (use {', '.join(PAGE_FORMATS)})")
     return ext
 
 
@@ -204,8 +310,8 @@ def archive_members(path: Path) -> list[tuple[str, str | None]]:
             infos = [i for i in zf.infolist() if not i.is_dir()]
     except zipfile.BadZipFile:
         raise PageError("not a zip archive (corrupt or another format)") from None
-    except OSError as exc:
-        raise PageError(f"cannot read archive ({exc.strerror or exc})") from None
+    except ZIP_ERRORS as exc:
+        raise PageError(f"cannot read archive ({one_line(exc)})") from None
     if len(infos) > MAX_ARCHIVE_MEMBERS:
         raise PageError(f"archive has {len(infos)} members; more than {MAX_ARCHIVE_MEMBERS} refused")
     total = sum(i.file_size for i in infos)
@@ -221,33 +327,41 @@ def archive_members(path: Path) -> list[tuple[str, str | None]]:
 
 
 def read_member(path: Path, member: str, cache: dict | None = None) -> bytes:
-    """The bytes of one member (size-checked as it is read: a zip may lie about sizes)."""
+    """The bytes of one member; PageError when the archive or the member cannot be read."""
     zf = cache.get(path) if cache is not None else None
     if zf is None:
-        zf = zipfile.ZipFile(path)
+        try:
+            zf = zipfile.ZipFile(path)
+        except ZIP_ERRORS as exc:
+            raise PageError(f"cannot read archive ({one_line(exc)})") from None
         if cache is not None:
             cache[path] = zf
+    return _member_bytes(zf, member)
+
+
+def _member_bytes(zf: zipfile.ZipFile, member: str) -> bytes:
+    """Size-checked as it is read (a zip may lie about sizes); every zip failure is a PageError."""
     try:
         with zf.open(member) as f:
             data = f.read(MAX_MEMBER_BYTES + 1)
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
-        raise PageError(f"cannot unpack member ({exc})") from None
+    except ZIP_ERRORS as exc:
+        raise PageError(f"cannot unpack member ({one_line(exc)})") from None
     if len(data) > MAX_MEMBER_BYTES:
         raise PageError("member larger than its header said; refused")
     return data
 
 
-def finish_archive(job: ArchiveJob, failed_members: set[str]) -> Path:
+def finish_archive(job: ArchiveJob, failed_members: set[str]) -> list[tuple[str, str]]:
     """Zip the staged pages (and every other member, copied) into the output archive.
 
     Members keep their order. A page that failed keeps its original bytes, so
-    the book stays complete; refused members are left out. Written to a
-    temporary name and renamed, then the staging folder is removed.
+    the book stays complete; a member whose bytes cannot be read (bad CRC, a
+    lying header) and the refused ones are left out. Returns the (member,
+    reason) left out while zipping. Written through files.atomic_output, then
+    the staging folder is removed, so a re-run finds the archive done.
     """
-    job.dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{job.dest.name}.", suffix=TMP_TAG, dir=job.dest.parent)
-    os.close(fd)
-    try:
+    left_out = []
+    with files.atomic_output(job.dest, make_parents=True) as tmp:
         with zipfile.ZipFile(job.source) as src, \
                 zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
             for name in job.members:
@@ -257,60 +371,107 @@ def finish_archive(job: ArchiveJob, failed_members: set[str]) -> Path:
                 if staged is not None and staged.exists() and name not in failed_members:
                     # Pages compress poorly; storing them saves time and nothing else.
                     dst.write(staged, job.renames[name], compress_type=zipfile.ZIP_STORED)
-                else:
-                    info = src.getinfo(name)
-                    with src.open(info) as f:
-                        dst.writestr(info, f.read(MAX_MEMBER_BYTES + 1))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, job.dest)
-    except BaseException:
-        _unlink(tmp)
-        raise
+                    continue
+                try:
+                    data = _member_bytes(src, name)
+                except PageError as exc:
+                    left_out.append((name, f"{exc}; left out"))
+                    continue
+                dst.writestr(src.getinfo(name), data)
     shutil.rmtree(job.stage, ignore_errors=True)
-    return job.dest
+    return left_out
 
 
 # ------------------------------------------------------------------ reading
 def page_bytes(job: PageJob, cache: dict | None = None) -> bytes:
+    """The bytes of a page: a regular file read with a bound, or an archive member."""
     if job.member is not None:
         return read_member(job.path, job.member, cache)
-    try:
-        size = job.path.stat().st_size
-        if size > MAX_MEMBER_BYTES:
-            raise PageError(f"file of {size >> 20} MB refused (limit {MAX_MEMBER_BYTES >> 20} MB)")
-        return job.path.read_bytes()
-    except OSError as exc:
-        raise PageError(f"cannot read ({exc.strerror or exc})") from None
+    return files.read_limited(job.path, MAX_MEMBER_BYTES)
 
 
-def decode_page(data: bytes) -> np.ndarray:
-    """Bytes of a page -> uint8 RGB; raises PageError with the reason it is refused.
+def decode_pages(data: bytes) -> list[np.ndarray]:
+    """Bytes of a page file -> its pictures as uint8 RGB; raises PageError with the reason.
 
-    16-bit pages are scaled to 8 bits, alpha is flattened onto white (paper),
-    palette and CMYK pages are expanded by OpenCV.
+    One picture, or every page of a multi-page TIFF (a chapter; its pixels
+    together count against MAX_PIXELS). 16-bit pages are scaled to 8 bits,
+    alpha is flattened onto white (paper), palette and CMYK pages are expanded
+    by OpenCV. Animated WebP is refused by name: OpenCV would decode its first
+    frame only.
     """
+    from .data import DataError, to_rgb8
+
+    # The one place pages decode: OpenCV's [ WARN ] lines (libtiff, libpng) must not
+    # reach the user; every refusal leaves as a one-line reason instead.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     if not data:
         raise PageError("empty file (0 bytes)")
     size = header_size(data)
     if size is not None:
-        w, h = size
-        if w * h > MAX_PIXELS:
-            raise PageError(f"{w}x{h} is {w * h / 1e6:.0f} MP; more than {MAX_PIXELS // 1_000_000} MP refused")
-    why = truncated(data)
+        _check_pixels(size[0] * size[1], f"{size[0]}x{size[1]}")
+    why = truncated(data) or animated(data)
     if why:
         raise PageError(why)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
+    buf = np.frombuffer(data, np.uint8)
+    if tiff_pages(data) > 1:
+        ok, imgs = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
+        imgs = list(imgs) if ok else []
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        imgs = [] if img is None else [img]
+    if not imgs:
         raise PageError("not a readable image (corrupt, or not an image despite its name)")
-    h, w = img.shape[:2]
-    if h * w > MAX_PIXELS:
-        raise PageError(f"{w}x{h} is {w * h / 1e6:.0f} MP; more than {MAX_PIXELS // 1_000_000} MP refused")
-    if min(h, w) < MIN_SIDE:
-        raise PageError(f"{w}x{h} is too small to colour (under {MIN_SIDE} px on a side)")
+    h, w = imgs[0].shape[:2]
+    _check_pixels(sum(i.shape[0] * i.shape[1] for i in imgs),
+                  f"{w}x{h}" if len(imgs) == 1 else f"a chapter of {len(imgs)} pages")
+    for img in imgs:
+        h, w = img.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise PageError(f"{w}x{h} is too small to colour (under {MIN_SIDE} px on a side)")
     try:
-        return to_rgb8(img, (255, 255, 255))
-    except ValueError as exc:
+        return [to_rgb8(img, (255, 255, 255)) for img in imgs]
+    except DataError as exc:
         raise PageError(str(exc)) from None
+
+
+def _check_pixels(pixels: int, what: str) -> None:
+    if pixels > MAX_PIXELS:
+        raise PageError(f"{what} is {pixels / 1e6:.0f} MP; more than {MAX_PIXELS // 1_000_000} MP refused")
+
+
+def animated(data: bytes) -> str | None:
+    """Why an animated WebP is not coloured, or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] == b"VP8X" and data[20] & 0x02:
+        return f"animated WebP ({_webp_frames(data)} frames) not coloured: only still pages are"
+    return None
+
+
+def _webp_frames(data: bytes) -> int:
+    n, i = 0, 12
+    while i + 8 <= len(data):
+        kind, size = data[i:i + 4], struct.unpack("<I", data[i + 4:i + 8])[0]
+        n += kind == b"ANMF"
+        i += 8 + size + (size & 1)
+    return n
+
+
+def tiff_pages(data: bytes, limit: int = 10_000) -> int:
+    """How many pictures (IFDs) a classic TIFF holds; 0 when it is not one."""
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
+    if order is None:
+        return 0
+    n, seen = 0, set()
+    try:
+        off = struct.unpack(order + "I", data[4:8])[0]
+        while off and off not in seen and n < limit:
+            seen.add(off)  # a loop of IFDs must not loop here
+            entries = struct.unpack(order + "H", data[off:off + 2])[0]
+            n += 1
+            end = off + 2 + 12 * entries
+            off = struct.unpack(order + "I", data[end:end + 4])[0]
+    except struct.error:
+        pass  # cut short: count what was there; OpenCV answers for the rest
+    return n
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
@@ -372,33 +533,17 @@ ENCODE_PARAMS = {
 }
 
 
-def encode_page(rgb: np.ndarray, ext: str) -> bytes:
-    """uint8 RGB -> file bytes in the format of `ext` (BGR only at the cv2 call)."""
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), ENCODE_PARAMS.get(ext, []))
+def encode_pages(rgbs: list[np.ndarray], ext: str) -> bytes:
+    """uint8 RGB pictures -> file bytes in the format of `ext` (BGR only at the cv2 call);
+    several pictures only as a multi-page TIFF."""
+    bgr = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for rgb in rgbs]
+    if len(bgr) == 1:
+        ok, buf = cv2.imencode(ext, bgr[0], ENCODE_PARAMS.get(ext, []))
+    else:
+        ok, buf = cv2.imencodemulti(ext, bgr)
     if not ok:
         raise PageError(f"OpenCV could not encode {ext}")
     return buf.tobytes()
-
-
-def write_atomic(dest: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: all or nothing."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TMP_TAG, dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------ tall pages
@@ -441,3 +586,175 @@ def blend_windows(h: int, w: int, windows, ab_small: list[np.ndarray]) -> np.nda
         acc[:, y0:y1, x0:x1] += up * wt
         wsum[y0:y1, x0:x1] += wt
     return np.clip(acc / np.maximum(wsum, 1e-6) + 0.5, 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ the run
+@dataclass
+class PagesReport:
+    done: list[str]                # pages coloured
+    copied: list[str]              # colour pages passed through untouched
+    skipped: list[str]             # outputs that already existed
+    failed: list[tuple[str, str]]  # (page, archive member or folder; one-line reason)
+    archives: list[str]            # archives written
+    seconds: float
+    notes: list[str] = field(default_factory=list)  # not looked at, and why (folder symlinks, ...)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class PageDataset:
+    """Reads, decodes and converts one page file per item, in DataLoader workers.
+
+    An item is a dict: kind "colour" with "pages", one per picture in the file
+    (a multi-page TIFF has several), each either {"l8", "windows"} (the
+    full-resolution L plane and its windows, see tile_windows) or {"rgb"} (a
+    colour page inside a chapter, kept), and "tiles" for every window in
+    order; kind "copy" for a colour file passed through; kind "error" with the
+    reason. Errors are values, not exceptions, so one bad page never stops
+    the batch.
+    """
+
+    def __init__(self, jobs: list[PageJob], recolour: bool):
+        self.jobs, self.recolour = jobs, recolour
+        self._zips: dict = {}  # per worker: open archives, reused across pages
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> dict:
+        job = self.jobs[i]
+        try:
+            data = page_bytes(job, self._zips)
+            n = tiff_pages(data)
+            if n > 1 and job.out_ext not in (".tif", ".tiff"):
+                raise PageError(f"multi-page TIFF ({n} pages) can only be written as TIFF; "
+                                f"not coloured as {job.out_ext}")
+            pics = decode_pages(data)
+            grey = [self.recolour or colour.is_greyscale(rgb) for rgb in pics]
+            if not any(grey):
+                return {"i": i, "kind": "copy", "data": data}
+            out, tiles = [], []
+            for rgb, colour_it in zip(pics, grey):
+                if not colour_it:
+                    out.append({"rgb": rgb})
+                    continue
+                l8 = colour.rgb_to_l(rgb)
+                windows = tile_windows(*l8.shape)
+                tiles += [colour.l_tile(l8[y0:y1, x0:x1]) for y0, y1, x0, x1 in windows]
+                out.append({"l8": l8, "windows": windows})
+            return {"i": i, "kind": "colour", "pages": out, "tiles": torch.from_numpy(np.stack(tiles))}
+        except InputError as exc:  # PageError, and files.read_limited's refusals
+            return {"i": i, "kind": "error", "reason": str(exc)}
+        except (cv2.error, MemoryError, ValueError) as exc:
+            return {"i": i, "kind": "error", "reason": f"cannot decode ({one_line(exc)})"}
+
+
+def _windows(item: dict) -> int:
+    return sum(len(p.get("windows", ())) for p in item["pages"])
+
+
+def _collate_pages(items: list[dict]) -> list[dict]:
+    return items  # pages differ in size: the model batches their tiles, not the pages
+
+
+def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
+                 on_progress=None) -> PagesReport:
+    """Colour every page under `inputs` into `pcfg.out`; returns what happened to each.
+
+    Raises PlanError (exit 2) before any work
+    when the run cannot start, pipeline.PipelineError when the model cannot be
+    loaded, data.WorkerError (exit 1) when a reading worker dies; finished
+    pages are kept and a re-run resumes. Reading/decoding runs in `run.workers`
+    DataLoader processes; the model sees up to `run.batch_size` tiles per call;
+    merging, encoding and writing run in a small thread pool while the next
+    batch is predicted.
+    """
+    t0 = time.monotonic()
+    emit = on_progress or (lambda kind, info: None)
+    plan = plan_pages(inputs, pcfg.out, pcfg.fmt, pcfg.overwrite)
+    report = PagesReport([], [], list(plan.skipped), list(plan.failed), [], 0.0, list(plan.notes))
+    emit("start", {"total": len(plan.jobs), "skipped": len(plan.skipped)})
+    engine = Colouriser(run) if plan.jobs else None
+    if engine is not None:
+        emit("engine", engine.describe())
+    failed_members: dict[int, set[str]] = {}
+
+    def finish(job, result, ab_small):
+        """Runs in a writer thread: merge, encode, write."""
+        try:
+            if result["kind"] == "copy":
+                if job.member is not None:
+                    files.write_bytes(job.dest.with_suffix(".copy"), b"")  # marker: keep original
+                else:
+                    files.write_bytes(job.dest.with_suffix(job.path.suffix), result["data"])
+                return "copy", None
+            rgbs, k = [], 0
+            for page in result["pages"]:
+                if "rgb" in page:
+                    rgbs.append(page["rgb"])
+                    continue
+                (h, w), n = page["l8"].shape, len(page["windows"])
+                ab = blend_windows(h, w, page["windows"], ab_small[k:k + n])
+                rgbs.append(colour.merge_l_ab(page["l8"], ab))
+                k += n
+            files.write_bytes(job.dest, encode_pages(rgbs, job.out_ext))
+            return "done", None
+        except ColourbatchError as exc:  # PageError, files.WriteError
+            return "error", str(exc)
+
+    def record(job, outcome, reason):
+        if outcome == "done":
+            report.done.append(job.source)
+        elif outcome == "copy":
+            report.copied.append(job.source)
+        else:
+            report.failed.append((job.source, reason))
+            if job.archive is not None:
+                failed_members.setdefault(job.archive, set()).add(job.member)
+        emit("page", {"source": job.source, "outcome": outcome, "reason": reason})
+
+    if plan.jobs:
+        loader = make_loader(PageDataset(plan.jobs, pcfg.recolour), batch_size=run.batch_size,
+                             workers=run.workers, collate_fn=_collate_pages,
+                             pin_memory=engine.pin)
+        pending = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="colourbatch-write") as pool:
+            for items in loader:
+                colour_items = [r for r in items if r["kind"] == "colour"]
+                ab_all: list[np.ndarray] = []
+                if colour_items:
+                    tiles = torch.cat([r["tiles"] for r in colour_items])
+                    for s in range(0, len(tiles), run.batch_size):
+                        ab_all.extend(engine.predict(tiles[s:s + run.batch_size]))
+                k = 0
+                for r in items:
+                    job = plan.jobs[r["i"]]
+                    if r["kind"] == "error":
+                        record(job, "error", r["reason"])
+                        continue
+                    n = _windows(r) if r["kind"] == "colour" else 0
+                    pending.append((job, pool.submit(finish, job, r, ab_all[k:k + n])))
+                    k += n
+                # Bound the write queue: memory stays flat however many pages there are.
+                while len(pending) > 4 * run.batch_size:
+                    job, fut = pending.pop(0)
+                    record(job, *fut.result())
+            for job, fut in pending:
+                record(job, *fut.result())
+
+    for idx, arch in enumerate(plan.archives):
+        try:
+            left_out = finish_archive(arch, failed_members.get(idx, set()))
+        except (ColourbatchError, zipfile.BadZipFile, OSError) as exc:
+            report.failed.append((str(arch.source), f"cannot write archive ({one_line(exc)})"))
+            continue
+        listed = {s for s, _ in report.failed}
+        report.failed += [(f"{arch.source}:{m}", why) for m, why in left_out
+                          if f"{arch.source}:{m}" not in listed]  # failed pages are listed once
+        report.archives.append(str(arch.dest))
+        emit("archive", {"path": str(arch.dest)})
+    report.seconds = time.monotonic() - t0
+    emit("end", {"seconds": report.seconds})
+    return report

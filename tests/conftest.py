@@ -222,3 +222,25 @@ def tiny_tinted_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "tiny_tinted.pt"
     checkpoint.save(path, model, {"note": "constant colour, tiny, for video tests"})
     return path
+
+
+@pytest.fixture
+def deadline():
+    """deadline(seconds): a context in which a hang fails the test (SIGALRM in the main
+    thread) instead of stalling the suite; blocking reads and queue waits are interrupted."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def within(seconds: int):
+        def expire(signum, frame):
+            raise TimeoutError(f"still running after {seconds} s: it hangs")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+    return within

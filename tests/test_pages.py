@@ -1,6 +1,8 @@
-"""pages.py and pipeline.colour_pages on real page files made in the test."""
+"""pages.py (planning, reading, the colour_pages driver) on real page files made in the test."""
 import hashlib
+import io
 import os
+import signal
 import struct
 import zipfile
 import zlib
@@ -10,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from colourbatch import colour, pages
-from colourbatch.pipeline import PagesConfig, PipelineError, RunConfig, colour_pages
+from colourbatch import colour, errors, files, pages
+from colourbatch.pages import PagesConfig, PlanError, colour_pages
+from colourbatch.pipeline import RunConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -71,7 +74,7 @@ def test_folder_mirrored_sizes_formats_and_l_kept(tmp_path, tinted_weights):
         # The tinted model's colour arrives in the page (mid-grey areas take colour).
         assert colour.chroma_share(rgb) > 0.2, name
     assert tree_hash(src) == before  # inputs never modified
-    assert not list((tmp_path / "out").rglob(f"*{pages.TMP_TAG}*"))
+    assert not list((tmp_path / "out").rglob(f"*{files.TMP_TAG}*"))
 
 
 def test_colour_pages_copied_through_unless_recolour(tmp_path, tinted_weights):
@@ -151,7 +154,7 @@ def test_interrupted_archive_resumes_page_by_page(tmp_path, seed_weights):
     assert len(plan.jobs) == 3
     # Pretend an earlier run finished page 0 before it was stopped.
     stage = plan.archives[0].pages["0.png"]
-    pages.write_atomic(stage, png_bytes(line_art(40, 40, 0)))
+    files.write_bytes(stage, png_bytes(line_art(40, 40, 0)))
     plan = pages.plan_pages([src], tmp_path / "out")
     assert [j.member for j in plan.jobs] == ["1.png", "2.png"]
     assert not (tmp_path / "out" / "book.cbz").exists()  # nothing at the final name yet
@@ -230,7 +233,7 @@ def test_bad_pages_each_get_a_reason_and_batch_goes_on(tmp_path, seed_weights):
     assert read_rgb(tmp_path / "out" / "deep16.png").shape == (40, 50, 3)
     # Alpha 100/255 over white paper: the flattened page is lighter than the strokes alone.
     alpha_out = colour.rgb_to_l(read_rgb(tmp_path / "out" / "alpha.png"))
-    expect = colour.rgb_to_l(pages.decode_page((src / "alpha.png").read_bytes()))
+    expect = colour.rgb_to_l(pages.decode_pages((src / "alpha.png").read_bytes())[0])
     assert np.abs(alpha_out.astype(int) - expect).mean() < 1.0
     assert not (tmp_path / "out" / "cut.jpg").exists()
 
@@ -238,11 +241,12 @@ def test_bad_pages_each_get_a_reason_and_batch_goes_on(tmp_path, seed_weights):
 def test_run_refused_before_any_work(tmp_path, seed_weights):
     src = tmp_path / "in"
     write(src / "p.png", line_art(20, 20))
-    with pytest.raises(PipelineError, match="no such file"):
+    with pytest.raises(PlanError, match="no such file") as caught:
         run([tmp_path / "missing"], tmp_path / "out", seed_weights)
-    with pytest.raises(PipelineError, match="inside the input"):
+    assert caught.value.exit_code == errors.EXIT_START
+    with pytest.raises(PlanError, match="inside the input"):
         run([src], src / "out", seed_weights)
-    with pytest.raises(PipelineError, match="is the input"):
+    with pytest.raises(PlanError, match="is the input"):
         run([src], src, seed_weights)
     assert sorted(p.name for p in src.rglob("*")) == ["p.png"]
 
@@ -260,18 +264,6 @@ def test_tall_page_coloured_in_windows_without_seams(tmp_path, tinted_weights):
     assert read_rgb(tmp_path / "out" / "strip.png").shape == (1200, 100, 3)
 
 
-def test_write_atomic_leaves_nothing_on_interrupt(tmp_path, monkeypatch):
-    dest = tmp_path / "page.png"
-
-    def boom(*a):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(KeyboardInterrupt):
-        pages.write_atomic(dest, b"data")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_header_size_reads_common_formats():
     img = line_art(37, 53)
     for ext in (".png", ".jpg", ".bmp", ".webp"):
@@ -279,3 +271,300 @@ def test_header_size_reads_common_formats():
         assert pages.header_size(data) == (53, 37), ext
     assert pages.safe_member("a/b.png") is None
     assert pages.safe_member("C:/x.png") and pages.safe_member("..\\x.png")
+
+
+# ------------------------------------------------------------ refused before any work
+NO_WEIGHTS = "/nonexistent/weights.pt"  # loading these would fail: a refusal must come first
+
+
+def refused(inputs, out, match, **kw):
+    with pytest.raises(PlanError, match=match) as caught:
+        run(inputs, out, NO_WEIGHTS, **kw)
+    assert caught.value.exit_code == errors.EXIT_START and "\n" not in str(caught.value)
+
+
+def test_nothing_to_colour_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    refused([tmp_path / "empty"], tmp_path / "out", "no pages found in")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no pictures here")
+    (tmp_path / "notes" / ".hidden.png").write_bytes(png_bytes(line_art(20, 20)))
+    refused([tmp_path / "notes", tmp_path / "empty"], tmp_path / "out", "no pages found in")
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_that_would_replace_inputs_are_refused(tmp_path):
+    x = tmp_path / "x"
+    page = write(x / "page.png", line_art(30, 30))
+    sibling = write(x / "page.jpg", line_art(30, 30, 1))
+    book = make_cbz(x / "book.cbz", [("p.png", png_bytes(line_art(30, 30)))])
+    before = tree_hash(x)
+    refused([page], x, "replace inputs", overwrite=True)
+    refused([book], x, "replace inputs", overwrite=True)
+    refused([page], x, "replace inputs", fmt="jpg", overwrite=True)
+    os.symlink(x, tmp_path / "x-link")  # the same folder by another name
+    refused([page], tmp_path / "x-link", "replace inputs", fmt="jpg", overwrite=True)
+    # An output that is an input given in the same run, wherever -o is.
+    write(tmp_path / "in" / "sub" / "page.png", line_art(30, 30))
+    deep = write(x / "sub" / "page.png", line_art(30, 30))
+    before = tree_hash(x)
+    refused([tmp_path / "in", deep], x, "an output would replace the input .*page.png", overwrite=True)
+    # With --format a colour page is still copied under its own name: that one too.
+    refused([tmp_path / "in", deep], x, "an output would replace the input .*page.png", fmt="jpg")
+    refused([tmp_path / "in", x], x.parent / "x", "is the input")
+    refused([page, sibling], tmp_path / "y", "both be written", fmt="jpg")
+    assert tree_hash(x) == before and not (tmp_path / "y").exists()
+
+
+def test_two_inputs_onto_one_output_are_refused(tmp_path):
+    src = tmp_path / "in"
+    write(src / "a.png", line_art(30, 30))
+    write(src / "a.tif", line_art(30, 30, 1))
+    refused([src], tmp_path / "out", "a.tif and a.png would both be written to .*a.png", fmt="png")
+    # Without --format the two keep their own names: nothing is lost, nothing refused.
+    assert len(pages.plan_pages([src], tmp_path / "out").jobs) == 2
+    # A colour page is copied under its own name even with --format: a.jpg + a.png collide there too.
+    write(tmp_path / "in2" / "b.jpg", line_art(30, 30))
+    write(tmp_path / "in2" / "b.png", line_art(30, 30))
+    refused([tmp_path / "in2"], tmp_path / "out", "both be written", fmt="png")
+
+
+def test_archive_members_onto_one_name_refuse_that_archive_only(tmp_path, seed_weights):
+    page = png_bytes(line_art(30, 30))
+    jpg = cv2.imencode(".jpg", line_art(30, 30))[1].tobytes()
+    src = tmp_path / "in"
+    src.mkdir()
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        make_cbz(src / "twice.cbz", [("p01.png", page), ("p01.png", png_bytes(line_art(30, 30, 5)))])
+    make_cbz(src / "formats.cbz", [("p01.png", page), ("p01.jpg", jpg)])
+    write(src / "fine.png", line_art(30, 30))
+    # Without --format p01.png and p01.jpg keep their names: that book is coloured.
+    report = run([src], tmp_path / "out", seed_weights)
+    assert dict(report.failed) == {str(src / "twice.cbz"): "two members named 'p01.png' in the output; "
+                                                           "archive not coloured"}
+    with zipfile.ZipFile(tmp_path / "out" / "formats.cbz") as zf:
+        assert zf.namelist() == ["p01.png", "p01.jpg"]
+    report = run([src], tmp_path / "out2", seed_weights, fmt="png")
+    reasons = dict(report.failed)
+    assert "'p01.png' and 'p01.jpg' would both be 'p01.png'" in reasons[str(src / "formats.cbz")]
+    assert set(reasons) == {str(src / "twice.cbz"), str(src / "formats.cbz")}
+    assert report.done == [str(src / "fine.png")]
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["fine.png"]
+
+
+# ------------------------------------------------------------------ damaged archives
+def patch_member(data: bytes, name: str, flags: int = 0, size_delta: int = 0,
+                 flip_data: bool = False) -> bytes:
+    """A zip's bytes with one member changed by hand, in both its local and central
+    headers: general-purpose flag bits set (bit 0 = encrypted), its uncompressed size
+    made to lie, or one byte of its data flipped (the CRC no longer matches)."""
+    buf = bytearray(data)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo(name)
+    lo = info.header_offset
+    n, m = struct.unpack("<HH", buf[lo + 26:lo + 30])
+    if flip_data:
+        buf[lo + 30 + n + m + info.compress_size // 2] ^= 0xFF
+    struct.pack_into("<H", buf, lo + 6, info.flag_bits | flags)
+    struct.pack_into("<I", buf, lo + 22, info.file_size + size_delta)
+    i = buf.find(b"PK\x01\x02")
+    while i >= 0:
+        n, m, k = struct.unpack("<HHH", buf[i + 28:i + 34])
+        if bytes(buf[i + 46:i + 46 + n]) == name.encode():
+            struct.pack_into("<H", buf, i + 8, info.flag_bits | flags)
+            struct.pack_into("<I", buf, i + 24, info.file_size + size_delta)
+        i = buf.find(b"PK\x01\x02", i + 46 + n + m + k)
+    return bytes(buf)
+
+
+def damaged_cbz(path: Path, damage: dict) -> Path:
+    """Three pages and a ComicInfo.xml; `damage` maps member -> patch_member arguments."""
+    members = [("ComicInfo.xml", b"<ComicInfo/>")] + [
+        (f"p{i}.png", png_bytes(line_art(40, 40, i))) for i in range(3)]
+    data = make_cbz(io.BytesIO(), members).getvalue()
+    for name, kw in damage.items():
+        data = patch_member(data, name, **kw)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("damage, left_out", [
+    ({"p1.png": {"flags": 1}}, ["p1.png"]),                                 # one encrypted page
+    ({"p1.png": {"flags": 1}, "ComicInfo.xml": {"flags": 1}}, ["ComicInfo.xml", "p1.png"]),
+    ({"p1.png": {"flip_data": True}}, ["p1.png"]),                          # CRC-corrupt
+    ({"p1.png": {"size_delta": -100}}, ["p1.png"]),                         # header lies
+    ({"ComicInfo.xml": {"flip_data": True}}, ["ComicInfo.xml"]),            # not a page, unreadable
+])
+def test_damaged_archive_written_with_what_worked(tmp_path, seed_weights, damage, left_out):
+    src = damaged_cbz(tmp_path / "book.cbz", damage)
+    out = tmp_path / "out"
+    report = run([src], out, seed_weights)
+    assert sorted(s.split(":", 2)[-1] for s, _ in report.failed) == left_out
+    assert all(r and "\n" not in r for _, r in report.failed)
+    assert report.archives == [str(out / "book.cbz")]
+    with zipfile.ZipFile(out / "book.cbz") as zf:
+        assert zf.testzip() is None
+        names = zf.namelist()
+        assert names == [m for m in ["ComicInfo.xml", "p0.png", "p1.png", "p2.png"] if m not in left_out]
+        for name in names[-2:]:
+            assert cv2.imdecode(np.frombuffer(zf.read(name), np.uint8), cv2.IMREAD_COLOR).shape == (40, 40, 3)
+    assert [p.name for p in out.iterdir()] == ["book.cbz"]  # no staging folder left to repeat from
+    again = run([src], out, seed_weights)
+    assert again.skipped == [str(src)] and not again.failed
+
+
+def test_fully_encrypted_archive_is_listed_not_a_traceback(tmp_path, seed_weights):
+    src = damaged_cbz(tmp_path / "locked.cbz", {n: {"flags": 1} for n in
+                                                ["ComicInfo.xml", "p0.png", "p1.png", "p2.png"]})
+    report = run([src], tmp_path / "out", seed_weights)
+    assert len(report.failed) == 4 and all("encrypted" in r for _, r in report.failed)
+    assert not report.done
+
+
+# ------------------------------------------------------------------ files that are not files
+def test_fifo_and_device_named_png_are_listed_and_never_read(tmp_path, seed_weights, deadline):
+    src = tmp_path / "in"
+    write(src / "good.png", line_art(30, 30))
+    os.mkfifo(src / "fifo.png")
+    os.mkfifo(src / "fifo.cbz")  # zipfile would block opening it
+    os.symlink("/dev/zero", src / "zero.png")
+    with deadline(30):
+        report = run([src], tmp_path / "out", seed_weights, workers=1)
+        direct = run([src / "fifo.png", src / "zero.png"], tmp_path / "out2", seed_weights)
+    reasons = {Path(s).name: r for s, r in report.failed}
+    assert reasons == {"fifo.png": "not a regular file (a FIFO)", "fifo.cbz": "not a regular file (a FIFO)",
+                       "zero.png": "not a regular file (a device)"}
+    assert report.done == [str(src / "good.png")]
+    del reasons["fifo.cbz"]
+    assert {Path(s).name: r for s, r in direct.failed} == reasons
+
+
+def test_page_read_refuses_a_device_without_reading_it(tmp_path, deadline):
+    # Checked on the open file, not on the name planned earlier: a page swapped for a link
+    # to /dev/zero after planning (st_size 0, endless) is refused, not read until memory ends.
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    job = pages.PageJob("zero.png", tmp_path / "zero.png", None, tmp_path / "o.png", ".png")
+    with deadline(10), pytest.raises(errors.InputError, match="not a regular file"):
+        pages.page_bytes(job)
+
+
+def test_unreadable_folder_is_listed(tmp_path, seed_weights, monkeypatch):
+    src = tmp_path / "in"
+    write(src / "a.png", line_art(30, 30))
+    write(src / "locked" / "b.png", line_art(30, 30))
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":  # tests run as root: chmod 000 would not stop them
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = run([src], tmp_path / "out", seed_weights)
+    assert report.failed == [(str(src / "locked"), "cannot read folder (Permission denied)")]
+    assert report.done == [str(src / "a.png")]
+
+
+def test_folder_symlinks_are_not_followed_and_say_so(tmp_path, seed_weights):
+    src = tmp_path / "in"
+    write(src / "a.png", line_art(30, 30))
+    write(tmp_path / "elsewhere" / "b.png", line_art(30, 30))
+    os.symlink(tmp_path / "elsewhere", src / "link")
+    os.symlink(src, src / "loop")  # would recurse forever if followed
+    os.symlink(src / "a.png", src / "alias.png")  # a link to a regular file is a page
+    report = run([src], tmp_path / "out", seed_weights)
+    assert report.notes == [f"{src / 'link'}: folder symlink not followed",
+                            f"{src / 'loop'}: folder symlink not followed"]
+    assert sorted(Path(s).name for s in report.done) == ["a.png", "alias.png"] and report.ok
+
+
+# ------------------------------------------------------------------ said, not dropped
+def test_animated_pictures_are_listed_not_dropped(tmp_path, seed_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    anim = cv2.Animation()
+    anim.frames = [cv2.cvtColor(line_art(40, 40, i), cv2.COLOR_GRAY2BGR) for i in range(3)]
+    anim.durations = [100] * 3
+    for ext in (".webp", ".gif"):
+        ok, buf = cv2.imencodeanimation(ext, anim)
+        assert ok
+        (src / f"anim{ext}").write_bytes(buf.tobytes())
+    write(src / "still.webp", line_art(40, 40))
+    report = run([src], tmp_path / "out", seed_weights)
+    assert {Path(s).name: r for s, r in report.failed} == {
+        "anim.gif": pages.NOT_PAGES[".gif"],
+        "anim.webp": "animated WebP (3 frames) not coloured: only still pages are"}
+    assert report.done == [str(src / "still.webp")]
+
+
+def test_gif_in_an_archive_is_kept_and_said(tmp_path, seed_weights):
+    ok, gif = cv2.imencode(".gif", cv2.cvtColor(line_art(30, 30), cv2.COLOR_GRAY2BGR))
+    assert ok
+    src = make_cbz(tmp_path / "book.cbz", [("cover.gif", gif.tobytes()), ("p1.png", png_bytes(line_art(30, 30)))])
+    report = run([src], tmp_path / "out", seed_weights)
+    assert report.notes == [f"{src}:cover.gif: {pages.NOT_PAGES['.gif']}; kept unchanged in the archive"]
+    with zipfile.ZipFile(tmp_path / "out" / "book.cbz") as zf:
+        assert zf.read("cover.gif") == gif.tobytes() and zf.namelist() == ["cover.gif", "p1.png"]
+
+
+def test_multi_page_tiff_is_coloured_as_a_chapter(tmp_path, tinted_weights, monkeypatch):
+    grey = [line_art(60, 40, 1), line_art(30, 50, 2)]
+    colour_page = np.zeros((20, 20, 3), np.uint8)
+    colour_page[:, :, 2] = 200
+    ok, buf = cv2.imencodemulti(".tiff", [cv2.cvtColor(grey[0], cv2.COLOR_GRAY2BGR), colour_page,
+                                           cv2.cvtColor(grey[1], cv2.COLOR_GRAY2BGR)])
+    assert ok
+    src = tmp_path / "chapter.tiff"
+    src.write_bytes(buf.tobytes())
+    report = run([src], tmp_path / "out", tinted_weights)
+    assert report.done == [str(src)] and report.ok
+    ok, out = cv2.imreadmulti(str(tmp_path / "out" / "chapter.tiff"), flags=cv2.IMREAD_COLOR)
+    assert ok and [p.shape for p in out] == [(60, 40, 3), (20, 20, 3), (30, 50, 3)]
+    assert (out[1] == colour_page).all()  # a colour page in the chapter is kept as it was
+    for page, g in zip([out[0], out[2]], grey):
+        rgb, l_in = page[..., ::-1].copy(), colour.rgb_to_l(cv2.cvtColor(g, cv2.COLOR_GRAY2RGB))
+        assert np.abs(colour.rgb_to_l(rgb).astype(int) - l_in).mean() < 1.0
+        assert colour.chroma_share(rgb) > 0.2
+    # A chapter cannot become one PNG: said, not cut to its first page.
+    report = run([src], tmp_path / "png", tinted_weights, fmt="png")
+    assert report.failed == [(str(src), "multi-page TIFF (3 pages) can only be written as TIFF; "
+                                        "not coloured as .png")]
+    # The pixel limit holds for the pages together: one TIFF is not a way around it.
+    monkeypatch.setattr(pages, "MAX_PIXELS", 4000)  # each page is under it, the three are not
+    with pytest.raises(pages.PageError, match="a chapter of 3 pages is .* refused"):
+        pages.decode_pages(src.read_bytes())
+
+
+def test_opencv_warnings_do_not_reach_the_user(tmp_path, seed_weights, capfd):
+    # A TIFF with a private tag: libtiff warns through OpenCV's log ("[ WARN:0@...]").
+    tif = cv2.imencode(".tif", line_art(30, 30))[1].tobytes()
+    off = struct.unpack("<I", tif[4:8])[0]
+    n = struct.unpack("<H", tif[off:off + 2])[0]
+    entries = sorted([tif[off + 2 + 12 * i:off + 14 + 12 * i] for i in range(n)]
+                     + [struct.pack("<HHII", 65000, 3, 1, 7)], key=lambda e: struct.unpack("<H", e[:2]))
+    tail = tif[off + 2 + 12 * n:off + 6 + 12 * n]
+    src = tmp_path / "tagged.tif"
+    src.write_bytes(tif[:off] + struct.pack("<H", n + 1) + b"".join(entries) + tail)
+    report = run([src], tmp_path / "out", seed_weights)
+    assert report.done == [str(src)]
+    assert "WARN" not in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------ workers
+def test_dead_worker_ends_the_run_with_one_line(tmp_path, seed_weights, monkeypatch, deadline):
+    from colourbatch.data import WorkerError
+
+    src = tmp_path / "in"
+    for i in range(6):
+        write(src / f"p{i}.png", line_art(30, 30, i))
+    read = pages.PageDataset.__getitem__
+
+    def dies(self, i):
+        if i == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(self, i)
+
+    monkeypatch.setattr(pages.PageDataset, "__getitem__", dies)
+    with deadline(30), pytest.raises(WorkerError) as caught:
+        run([src], tmp_path / "out", seed_weights, workers=1)
+    assert caught.value.exit_code == errors.EXIT_FAILED and "\n" not in str(caught.value)
