@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from . import config as C
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START, ColourbatchError, UsageError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ColourbatchError, UsageError
 
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
 EXIT_HELP = "Exit code: 0 all done, 1 some inputs failed (listed), 2 could not start, 130 interrupted."
@@ -129,8 +129,8 @@ def pages(ctx, inputs, quiet, **values):
 
     run, pcfg = C.build(C.RunConfig, values), C.build(C.PagesConfig, values)
     console = make_console()
-    with _Progress(console, "pages", quiet) as bar:
-        report = colour_pages(list(inputs), pcfg, run, on_progress=bar.event)
+    with _PagesView(console, quiet) as view:
+        report = colour_pages(list(inputs), pcfg, run, on_progress=view.on_event)
     _pages_summary(console, report, pcfg.out, quiet)
     ctx.exit(EXIT_OK if report.ok else EXIT_FAILED)
 
@@ -354,40 +354,49 @@ def _engine_line(info: dict) -> str:
     return f"model {info['model']} ({state}) from {info['weights']} on {info['device']} {info['precision']}"
 
 
-class _Progress:
-    """A rich progress bar fed by the library's on_progress(kind, info) events."""
+class _BarView:
+    """A view that shows one rich progress bar at a time and always takes it down."""
 
-    def __init__(self, console, unit: str, quiet: bool):
-        self.console, self.unit, self.quiet = console, unit, quiet
-        self.progress = None
-        self.task = None
+    def __init__(self, console, quiet: bool):
+        self.console, self.quiet = console, quiet
+        self.bar = self.task = None
 
     def __enter__(self):
-        if not self.quiet:
-            self.progress = _bar(self.console, self.unit)
-            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.stop()
+        self.close()
         return False
 
-    def stop(self):
-        if self.progress is not None:
-            self.progress.__exit__(None, None, None)
-            self.progress = None
+    def open(self, unit: str, name: str, total: int | None) -> None:
+        self.close()
+        self.bar = _bar(self.console, unit)
+        self.bar.start()
+        self.task = self.bar.add_task(name, total=total)
 
-    def event(self, kind: str, info: dict) -> None:
-        if self.progress is None:
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def print(self, text: str) -> None:
+        (self.bar.console if self.bar else self.console).print(text, markup=False, highlight=False)
+
+
+class _PagesView(_BarView):
+    """colour_pages()'s events: the model line and one bar over every page."""
+
+    def on_event(self, kind: str, info: dict) -> None:
+        if self.quiet:
             return
         if kind == "start":
-            self.task = self.progress.add_task(f"colouring {self.unit}", total=info["total"])
+            self.open("pages", "colouring pages", info["total"])
         elif kind == "engine":
-            self.progress.console.print(_engine_line(info), markup=False)
-        elif kind == "page" and self.task is not None:
-            self.progress.advance(self.task)
+            self.print(_engine_line(info))
+        elif kind == "page" and self.bar is not None:
+            self.bar.advance(self.task)
             if info["outcome"] == "error":
-                self.progress.console.print(f"[red]failed[/red] {info['source']}: {info['reason']}")
+                self.print(f"failed {info['source']}: {info['reason']}")
 
 
 def _pages_summary(console, report, out, quiet: bool) -> None:
@@ -407,6 +416,8 @@ def _pages_summary(console, report, out, quiet: bool) -> None:
         table.add_row("time", f"{report.seconds:.1f} s ({rate:.1f} pages/s)")
         table.add_row("output", str(out))
         console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False)
     if n_fail:
         err = make_console(stderr=True)
         err.print(f"[red]{n_fail} failed:[/red]")
@@ -603,44 +614,25 @@ def _human_bytes(n: int) -> str:
     return f"{n:.1f} TB"
 
 
-class _VideoView:
+class _VideoView(_BarView):
     """colour_videos()'s events: the model line, then a bar per film (frames, frames/s, ETA)."""
-
-    def __init__(self, console, quiet: bool):
-        self.console, self.quiet = console, quiet
-        self.bar = self.task = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._close()
-        return False
-
-    def _close(self):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
 
     def on_event(self, kind: str, info) -> None:
         if self.quiet:
             return
         if kind == "engine":
-            self.console.print(_engine_line(info), markup=False)
+            self.print(_engine_line(info))
         elif kind == "film":
-            self._close()
-            self.bar = _bar(self.console, "frames")
-            self.bar.start()
-            self.task = self.bar.add_task(Path(info["job"].src).name, total=None)
+            self.open("frames", Path(info["job"].src).name, None)
         elif kind == "progress" and self.bar is not None:
             done, total = info["done"], info["total"]
             self.bar.update(self.task, completed=done, total=max(total, done) if total else None)
         elif kind == "film_done" and self.bar is not None:
             frames = info["report"].frames_out
             self.bar.update(self.task, completed=frames, total=frames)
-            self._close()
+            self.close()
         elif kind == "film_failed":
-            self._close()
+            self.close()
 
 
 def _video_summary(console, reports, quiet: bool) -> None:

@@ -1,10 +1,11 @@
 """Colour films: plan the run, then decode -> L tiles -> model -> merge with full-res L -> encode.
 
-This module owns the video command's library side: its config (`VideoConfig`,
-the one home of the encoder and time defaults), the time values it accepts
-(`parse_time`), planning (`plan_videos`: which files are films, where each
-output goes, and every refusal, all before a model is loaded), its result
-(`VideoReport`) and the three overlapping stages of `colour_job`:
+This module owns the video command's library side (its settings, `VideoConfig`
+with the encoder and time defaults, live in config.py): planning
+(`plan_videos`: which files are films, where each output goes, and every
+refusal, all before a model is loaded), running a plan with one loaded model
+(`colour_videos`), its results (`VideoReport`, `VideosReport`) and the three
+overlapping stages of `colour_job`:
 
 1. a DataLoader worker iterates `FrameStream` (an IterableDataset over the
    decoded stream): decode, RGB -> L8 (colour.rgb_to_l), L8 -> 224 tile
@@ -31,7 +32,6 @@ media.MediaError (exit 1) concern one film, which planning lists in
 """
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
@@ -49,8 +49,7 @@ from . import colour, files, media
 from .carry import Carrier
 from .data import make_loader
 from .errors import ColourbatchError, InputError, WriteError
-from .config import BadTime, VideoConfig  # noqa: F401  (BadTime is raised by VideoConfig)
-from .media import MediaError, SettingsError  # noqa: F401  (raised from here too)
+from .config import VideoConfig
 from .pipeline import Colouriser, RunConfig
 
 #: Extensions a folder input is scanned for.

@@ -1,5 +1,7 @@
 """Shared fixtures: small weights files made in the test session (never ../shared)."""
+import contextlib
 import os
+import signal
 
 import pytest
 
@@ -113,7 +115,7 @@ def image_folder(tmp_path):
 # ------------------------------------------------------------- video clips
 def _write_clip(path, frames=6, size=(64, 48), fps=25, codec="libx264", pix_fmt="yuv420p",
                 audio=None, rate=44100, channels=2, vfr_pts=None, colour=False, rotation=0,
-                language="fra", title=None, faststart=False, subtitles=False, fill=None):
+                language="fra", title=None, faststart=False, fill=None):
     """A tiny clip made with PyAV: moving grey (or colour) gradient, optional audio track.
 
     `vfr_pts` gives each frame's pts in milliseconds (variable frame rate);
@@ -140,9 +142,6 @@ def _write_clip(path, frames=6, size=(64, 48), fps=25, codec="libx264", pix_fmt=
         aus = out.add_stream(audio, rate=rate)
         aus.layout = "stereo" if channels == 2 else "mono"
         aus.metadata["language"] = language
-    sub = None
-    if subtitles:
-        sub = out.add_stream("subrip")
     yy, xx = np.mgrid[0:h, 0:w]
     for i in range(frames):
         grey = ((xx * 3 + yy * 2 + i * 17) % 256).astype(np.uint8)
@@ -224,23 +223,23 @@ def tiny_tinted_weights(tmp_path_factory):
     return path
 
 
+@contextlib.contextmanager
+def within(seconds: int):
+    """A context in which a hang fails the test (SIGALRM in the main thread) instead of
+    stalling the suite; blocking reads and queue waits are interrupted."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: it hangs")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture
 def deadline():
-    """deadline(seconds): a context in which a hang fails the test (SIGALRM in the main
-    thread) instead of stalling the suite; blocking reads and queue waits are interrupted."""
-    import contextlib
-    import signal
-
-    @contextlib.contextmanager
-    def within(seconds: int):
-        def expire(signum, frame):
-            raise TimeoutError(f"still running after {seconds} s: it hangs")
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.alarm(seconds)
-        try:
-            yield
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, previous)
+    """deadline(seconds): see `within`."""
     return within

@@ -35,7 +35,7 @@ def test_train_shows_progress_and_writes_files(kaggle_dir, tmp_path):
     assert "img/s" in text and "ETA" in text
     assert text.count("validation (3 pictures): accuracy") == 2 and "AuC" in text
     assert text.count(f"checkpoint {out}.ckpt") == 2
-    assert f"trained 4/4 steps" in text and str(out) in text.splitlines()[-1]
+    assert "trained 4/4 steps" in text and str(out) in text.splitlines()[-1]
     assert checkpoint.read(out)["metadata"]["steps"] == 4
 
 

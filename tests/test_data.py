@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from colourbatch import colour
 from colourbatch.data import (DataError, ImageFolderDataset, KaggleDataset, ResumableSampler,
                               split_dataset)
 

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from colourbatch.checkpoint import CheckpointError
 from colourbatch.data import DataError
 from colourbatch.errors import WriteError
 from colourbatch.train import TrainConfig, TrainError, train
+from conftest import within  # the suite's one hang guard
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
@@ -49,20 +48,6 @@ class _Stop(Exception):
     """Stands in for Ctrl-C right after a checkpoint."""
 
 
-@contextmanager
-def _deadline(seconds: int):
-    # A regression here used to loop forever: fail instead of hanging the suite.
-    def boom(*_):
-        raise TimeoutError(f"training did not finish within {seconds} s")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _mean(xs):
     return sum(xs) / len(xs)
 
@@ -70,7 +55,7 @@ def _mean(xs):
 def test_seed_training_lowers_the_loss_and_writes_both_files(kaggle_dir, tmp_path):
     ev = _Events()
     out = tmp_path / "w" / "seed.pt"
-    with _deadline(120):
+    with within(120):
         result = train(_cfg([kaggle_dir], out), ev)
     losses = [ev.losses()[s] for s in range(1, 21)]
     assert _mean(losses[-3:]) < 0.3 * _mean(losses[:2]), losses
@@ -94,7 +79,7 @@ def test_seed_training_lowers_the_loss_and_writes_both_files(kaggle_dir, tmp_pat
 def test_flat_kaggle_layout_trains_too(make_kaggle, tmp_path):
     flat = make_kaggle("flat", nested=False)
     ev = _Events()
-    with _deadline(120):
+    with within(120):
         train(_cfg([flat], tmp_path / "f.pt", steps=6), ev)
     assert len(ev.of("step")) == 6 and (tmp_path / "f.pt").is_file()
 
@@ -102,7 +87,7 @@ def test_flat_kaggle_layout_trains_too(make_kaggle, tmp_path):
 def test_training_runs_across_epochs_whose_tail_is_smaller_than_a_batch(kaggle_dir, tmp_path):
     # 27 training samples, batch 8: each epoch leaves 3 unused; 10 steps span 4 epochs.
     ev = _Events()
-    with _deadline(60):
+    with within(60):
         result = train(_cfg([kaggle_dir], tmp_path / "e.pt", steps=10), ev)
     assert result["step"] == 10 and [i["step"] for i in ev.of("step")] == list(range(1, 11))
 
@@ -110,7 +95,7 @@ def test_training_runs_across_epochs_whose_tail_is_smaller_than_a_batch(kaggle_d
 def test_default_model_short_run_lowers_the_loss(kaggle_dir, tmp_path):
     ev = _Events()
     out = tmp_path / "default.pt"
-    with _deadline(180):
+    with within(180):
         train(_cfg([kaggle_dir], out, model="default", steps=12, lr=3e-3), ev)
     losses = [ev.losses()[s] for s in range(1, 13)]
     assert _mean(losses[-3:]) < 0.85 * _mean(losses[:2]), losses
@@ -123,7 +108,7 @@ def test_default_model_short_run_lowers_the_loss(kaggle_dir, tmp_path):
 
 def test_image_folder_training_counts_the_unreadable_file(image_folder, tmp_path):
     ev = _Events()
-    with _deadline(120):
+    with within(120):
         train(_cfg([image_folder], tmp_path / "img.pt", steps=4, batch_size=4), ev)
     skips = ev.of("skip")
     assert [s["path"].endswith("broken.png") for s in skips] == [True]
@@ -135,17 +120,17 @@ def test_resume_continues_with_the_same_step_and_batches(kaggle_dir, tmp_path):
     # 27 samples, batch 8 -> 3 steps per epoch: the stop at step 4 is mid-epoch 1.
     kw = dict(steps=8, ckpt_every=4, lr=1e-2)
     whole = _Events()
-    with _deadline(120):
+    with within(120):
         train(_cfg([kaggle_dir], tmp_path / "a.pt", **kw), whole)
 
     first = _Events(stop_at_checkpoint=4)
-    with _deadline(120), pytest.raises(_Stop):
+    with within(120), pytest.raises(_Stop):
         train(_cfg([kaggle_dir], tmp_path / "b.pt", **kw), first)
     ck = tmp_path / "b.pt.ckpt"
     assert checkpoint.read(ck)["train"]["step"] == 4
 
     second = _Events()
-    with _deadline(120):
+    with within(120):
         train(_cfg([kaggle_dir], tmp_path / "b.pt", resume=str(ck), **kw), second)
     assert second.of("start")[0]["start_step"] == 4
     assert [i["step"] for i in second.of("step")] == [5, 6, 7, 8]
@@ -162,7 +147,7 @@ def test_resume_continues_with_the_same_step_and_batches(kaggle_dir, tmp_path):
 
 
 def test_resume_with_a_different_model_is_refused(kaggle_dir, tmp_path):
-    with _deadline(60):
+    with within(60):
         train(_cfg([kaggle_dir], tmp_path / "s.pt", steps=2), None)
     with pytest.raises(TrainError, match="is a 'seed' checkpoint, not 'default'"):
         train(_cfg([kaggle_dir], tmp_path / "d.pt", model="default", resume=str(tmp_path / "s.pt.ckpt")))
@@ -205,14 +190,14 @@ def test_bad_runs_are_refused_before_training(kaggle_dir, tmp_path):
 
 def test_a_failed_save_keeps_the_previous_checkpoint(kaggle_dir, tmp_path, monkeypatch):
     out = tmp_path / "keep.pt"
-    with _deadline(60):
+    with within(60):
         train(_cfg([kaggle_dir], out, steps=2), None)
     before = (tmp_path / "keep.pt.ckpt").read_bytes()
 
     def full_disk(obj, f, *a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
-    with _deadline(60), pytest.raises(WriteError, match="No space left") as err:
+    with within(60), pytest.raises(WriteError, match="No space left") as err:
         train(_cfg([kaggle_dir], out, steps=4, resume=str(tmp_path / "keep.pt.ckpt")), None)
     assert err.value.exit_code == 1 and "\n" not in str(err.value)
     assert (tmp_path / "keep.pt.ckpt").read_bytes() == before
@@ -222,7 +207,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(kaggle_dir, tmp_path, monke
 def test_train_out_on_a_full_disk_is_one_line(kaggle_dir, tmp_path):
     # A real write failure (EFBIG past RLIMIT_FSIZE) in a `colourbatch train` process.
     out = tmp_path / "w" / "full.pt"
-    with _deadline(60):
+    with within(60):
         train(_cfg([kaggle_dir], out, steps=2), None)
     before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
@@ -246,7 +231,7 @@ def test_train_out_on_a_full_disk_is_one_line(kaggle_dir, tmp_path):
     ("a_list", "training state is list"),
 ])
 def test_malformed_resume_states_are_refused_before_training(kaggle_dir, tmp_path, damage, message):
-    with _deadline(60):
+    with within(60):
         train(_cfg([kaggle_dir], tmp_path / "s.pt", steps=2), None)
     blob = torch.load(tmp_path / "s.pt.ckpt", weights_only=True)
     st = blob["train"]
@@ -292,7 +277,7 @@ def test_a_new_table_entry_trains_without_touching_train_py(kaggle_dir, tmp_path
     monkeypatch.setitem(model_table.MODELS, "tiny",
                         model_table.ModelEntry(model_table.SeedConfig, _TinyNet, lr=2e-2))
     ev = _Events()
-    with _deadline(60):
+    with within(60):
         train(_cfg([kaggle_dir], tmp_path / "t.pt", model="tiny", steps=2, lr=None), ev)
     assert ev.of("start")[0]["lr"] == 2e-2 and "encoder_init" not in ev.of("start")[0]
     assert checkpoint.read(tmp_path / "t.pt")["model"] == "tiny"
@@ -309,7 +294,7 @@ def test_a_diverging_loss_fails_part_way_with_exit_1(kaggle_dir, tmp_path, monke
 
     monkeypatch.setitem(model_table.MODELS, "nan",
                         model_table.ModelEntry(model_table.SeedConfig, _DivergingNet, lr=1e-3))
-    with _deadline(60), pytest.raises(TrainFailed, match="loss became nan at step 1; lower --lr") as err:
+    with within(60), pytest.raises(TrainFailed, match="loss became nan at step 1; lower --lr") as err:
         train(_cfg([kaggle_dir], tmp_path / "n.pt", model="nan", steps=3))
     assert err.value.exit_code == 1 and isinstance(err.value, TrainError)
     assert TrainError("x").exit_code == 2  # refusals before work

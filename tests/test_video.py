@@ -293,7 +293,7 @@ def test_run_level_refusals_exit_2_before_any_work(tmp_path, make_clip, no_model
 
 
 def test_clip_mp4_and_clip_mkv_collide_even_into_a_folder(tmp_path, make_clip, no_model):
-    a, b = make_clip("clip.mp4"), make_clip("clip.mkv")
+    make_clip("clip.mp4"), make_clip("clip.mkv")
     with pytest.raises(video.VideoPlanError, match=r"clip\.colour\.mp4: both clip\.mkv and clip\.mp4 would be written"):
         video.plan_videos([tmp_path], tmp_path.parent / (tmp_path.name + "-out"), VideoConfig())
     assert not (tmp_path.parent / (tmp_path.name + "-out")).exists()
