@@ -67,11 +67,31 @@ def run_options(f):
                help="DataLoader processes that read and convert inputs ahead of the model."),
         option(R, "temperature", type=click.FloatRange(0.01, 10.0),
                help="Annealed-mean T of the default model: lower is livelier [default: the weights' own]."),
+        option(R, "shard", metavar="I/N",
+               help="Colour only shard I of N of the inputs (0-based, stable by path), for splitting a job "
+                    "across machines [default: from COLOURBATCH_SHARD, SLURM array, torchrun or "
+                    "Kubernetes indexed-Job variables when set, else everything].",
+               callback=_check_shard),
+        click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Run each film or page file/archive as a task on a Ray cluster: ADDRESS "
+                          "(e.g. ray://head:10001 or auto), or a local Ray instance when none is given. "
+                          'Needs pip install "colourbatch[ray]".'),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar; only errors and the final line."),
     ]
     for opt in reversed(options):
         f = opt(f)
     return f
+
+
+def _check_shard(ctx, param, value):
+    """A click callback: I/N checked at parse time (the scheduler's variables are read later)."""
+    if value is not None:
+        from .shard import ShardError, parse
+        try:
+            parse(value)
+        except ShardError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def make_console(stderr: bool = False):
@@ -310,10 +330,11 @@ def video(ctx, inputs, output, quiet, **values):
     0 decodes in this process). Exit code: 0 every film came out whole, 1 some
     failed or were truncated (what decoded is kept), 2 the run could not start.
     """
+    from .shard import resolve
     from .video import colour_videos, plan_videos
 
     run, vcfg = C.build(C.RunConfig, values), C.build(C.VideoConfig, values)
-    plan = plan_videos(list(inputs), output, vcfg)  # loads no model, writes nothing
+    plan = plan_videos(list(inputs), output, vcfg, resolve(run.shard))  # loads no model, writes nothing
     console, err = make_console(), make_console(stderr=True)
     for _, why in plan.failed:
         err.print(f"error: {why}", markup=False)
@@ -321,6 +342,9 @@ def video(ctx, inputs, output, quiet, **values):
         result = colour_videos(plan, run, vcfg, view.on_event)
     if result.reports:
         _video_summary(console, result.reports, quiet)
+    if result.skipped:
+        console.print(f"{len(result.skipped)} film(s) skipped: their output exists, done in an earlier "
+                      f"run (--overwrite redoes them), e.g. {result.skipped[0][1]}", markup=False)
     for _, why in result.failed[len(plan.failed):]:
         err.print(f"error: {why}", markup=False)
     films = len(plan.jobs) + len(plan.failed)

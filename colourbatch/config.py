@@ -42,6 +42,8 @@ class RunConfig:
     batch_size: int = 16           # tiles per model call; large batches amortise launch costs on GPU
     workers: int = 2               # DataLoader processes decoding and converting inputs ahead of the model
     temperature: float | None = None  # annealed-mean T for the default model; None = the weights' own
+    shard: str | None = None       # "I/N": only this shard of the inputs; None = the scheduler's environment, else all
+    ray: str | None = None         # run each input as a Ray task: "local" or a cluster address; None = in this process
 
 
 @dataclass

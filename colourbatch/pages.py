@@ -26,7 +26,7 @@ import struct
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,6 +39,7 @@ from .config import ARCHIVE_EXTS, PAGE_EXTS, PAGE_FORMATS, PagesConfig, RunConfi
 from .data import make_loader
 from .errors import ColourbatchError, InputError, one_line
 from .pipeline import Colouriser
+from .shard import Shard, resolve as resolve_shard
 
 #: Pictures found in folders that are not coloured, and why (listed as failures, never dropped silently).
 NOT_PAGES = {".gif": "GIF not coloured (animated or palette pictures are not pages; convert it to PNG)"}
@@ -99,16 +100,34 @@ class Plan:
     archives: list[ArchiveJob] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)     # what was not looked at, and why
 
+    def units(self) -> list[tuple[str, "Plan"]]:
+        """The plan cut into independent units, (name, plan): one per page file, one per archive.
+
+        Each unit plan holds only work (jobs, and its archive to zip); what
+        planning found (skipped, failed, notes) stays with this plan.
+        """
+        units: dict[object, Plan] = {}
+        for i, arch in enumerate(self.archives):
+            units[("archive", i)] = Plan(archives=[arch])  # also one whose pages all finished earlier
+        for job in self.jobs:
+            if job.archive is None:
+                units[("file", job.source)] = Plan(jobs=[job])
+            else:
+                units[("archive", job.archive)].jobs.append(replace(job, archive=0))
+        return [(str(u.archives[0].source) if u.archives else u.jobs[0].source, u) for u in units.values()]
+
 
 def plan_pages(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str | None = None,
-               overwrite: bool = False) -> Plan:
+               overwrite: bool = False, shard: Shard | None = None) -> Plan:
     """Map INPUTs to outputs under `out`; raises PlanError before any work is done.
 
     A folder's pages keep their relative paths under `out`; a single image or
     archive lands in `out` under its own name. `fmt` (e.g. "png") changes the
     output format; None keeps each page's own. Refused: nothing to colour, an
     output that is an input (or -o the folder an input file sits in), and two
-    inputs that would be written to the same output.
+    inputs that would be written to the same output. With `shard`, only the
+    page files and archives that shard owns (by their path relative to the
+    input they were found under) are planned; the checks above cover all.
     """
     out = Path(out).absolute()
     out_ext = _normal_ext(fmt) if fmt else None
@@ -137,7 +156,12 @@ def plan_pages(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str
         raise PlanError(f"no pages found in {', '.join(map(str, inputs))} "
                         f"({', '.join(PAGE_EXTS + ARCHIVE_EXTS)})")
     _check_outputs(sources, out, out_ext)
-    for f, base in dict.fromkeys(sources):  # an input named twice is coloured once
+    sources = list(dict.fromkeys(sources))  # an input named twice is coloured once
+    if shard is not None:
+        total = len(sources)
+        sources = [(f, base) for f, base in sources if shard.owns(f.relative_to(base).as_posix())]
+        plan.notes.append(f"shard {shard}: {len(sources)} of {total} page files and archives are this shard's")
+    for f, base in sources:
         try:
             files.check_regular(f)
         except InputError as exc:
@@ -663,21 +687,40 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
                  on_progress=None) -> PagesReport:
     """Colour every page under `inputs` into `pcfg.out`; returns what happened to each.
 
-    Raises PlanError (exit 2) before any work
-    when the run cannot start, pipeline.PipelineError when the model cannot be
-    loaded, data.WorkerError (exit 1) when a reading worker dies; finished
-    pages are kept and a re-run resumes. Reading/decoding runs in `run.workers`
-    DataLoader processes; the model sees up to `run.batch_size` tiles per call;
-    merging, encoding and writing run in a small thread pool while the next
-    batch is predicted.
+    Raises PlanError (exit 2) before any work when the run cannot start,
+    pipeline.PipelineError when the model cannot be loaded, data.WorkerError
+    (exit 1) when a reading worker dies; finished pages are kept and a re-run
+    resumes. `run.shard` (or the scheduler's environment) restricts the run to
+    one shard of the inputs; `run.ray` runs each page file or archive as a
+    task on a Ray cluster instead of in this process.
     """
     t0 = time.monotonic()
     emit = on_progress or (lambda kind, info: None)
-    plan = plan_pages(inputs, pcfg.out, pcfg.fmt, pcfg.overwrite)
-    report = PagesReport([], [], list(plan.skipped), list(plan.failed), [], 0.0, list(plan.notes))
+    plan = plan_pages(inputs, pcfg.out, pcfg.fmt, pcfg.overwrite, resolve_shard(run.shard))
     emit("start", {"total": len(plan.jobs), "skipped": len(plan.skipped)})
-    engine = Colouriser(run) if plan.jobs else None
-    if engine is not None:
+    if run.ray:
+        report = _run_on_ray(plan, pcfg, run, emit)
+    else:
+        report = run_plan(plan, pcfg, run, emit)
+    report.skipped[:0], report.failed[:0], report.notes[:0] = plan.skipped, plan.failed, plan.notes
+    report.seconds = time.monotonic() - t0
+    emit("end", {"seconds": report.seconds})
+    return report
+
+
+def run_plan(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit=None,
+             engine: Colouriser | None = None) -> PagesReport:
+    """Do the work of a plan (its jobs and archives) in this process; returns what happened.
+
+    Reading/decoding runs in `run.workers` DataLoader processes; the model sees
+    up to `run.batch_size` tiles per call; merging, encoding and writing run in
+    a small thread pool while the next batch is predicted. What planning found
+    (skipped, failed, notes) is the caller's to report.
+    """
+    emit = emit or (lambda kind, info: None)
+    report = PagesReport([], [], [], [], [], 0.0)
+    if engine is None and plan.jobs:
+        engine = Colouriser(run)
         emit("engine", engine.describe())
     failed_members: dict[int, set[str]] = {}
 
@@ -755,6 +798,44 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
                           if f"{arch.source}:{m}" not in listed]  # failed pages are listed once
         report.archives.append(str(arch.dest))
         emit("archive", {"path": str(arch.dest)})
-    report.seconds = time.monotonic() - t0
-    emit("end", {"seconds": report.seconds})
+    return report
+
+
+class _PagesWorker:
+    """One Ray worker: loads the model once, then colours one page file or archive per call."""
+
+    def __init__(self, pcfg: PagesConfig, run: RunConfig):
+        self.pcfg, self.run = pcfg, run
+        self.engine = Colouriser(run)
+
+    def process(self, unit) -> PagesReport:
+        return run_plan(unit.payload, self.pcfg, self.run, engine=self.engine)
+
+
+def _run_on_ray(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit) -> PagesReport:
+    """Each page file or archive of `plan` as a task on a Ray cluster (cluster.run_units)."""
+    from functools import partial
+
+    from .cluster import Unit, run_units
+
+    report = PagesReport([], [], [], [], [], 0.0)
+    units = [Unit(name, sub) for name, sub in plan.units()]
+
+    def on_unit(kind: str, info: dict) -> None:
+        if kind != "unit":
+            return
+        if info["outcome"] == "failed":  # the worker itself failed: every page of the unit did
+            report.failed.append((info["key"], info["reason"]))
+            emit("page", {"source": info["key"], "outcome": "error", "reason": info["reason"]})
+            return
+        part: PagesReport = info["result"]
+        for name in ("done", "copied", "failed", "archives"):
+            getattr(report, name).extend(getattr(part, name))
+        for source in part.done + part.copied:
+            emit("page", {"source": source, "outcome": "done", "reason": None})
+        for source, reason in part.failed:
+            emit("page", {"source": source, "outcome": "error", "reason": reason})
+
+    address = None if run.ray == "local" else run.ray
+    run_units(units, partial(_PagesWorker, pcfg, run), address=address, on_event=on_unit)
     return report

@@ -51,6 +51,7 @@ from .data import make_loader
 from .errors import ColourbatchError, InputError, WriteError
 from .config import VideoConfig
 from .pipeline import Colouriser, RunConfig
+from .shard import Shard
 
 #: Extensions a folder input is scanned for.
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
@@ -121,6 +122,7 @@ class VideoJob:
 class VideoPlan:
     jobs: list[VideoJob] = field(default_factory=list)             # films to colour, in order
     failed: list[tuple[str, str]] = field(default_factory=list)    # (input, one-line reason naming it)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (input, its output): done earlier
 
 
 def default_output(src: str | os.PathLike, folder: str | os.PathLike | None = None,
@@ -139,7 +141,7 @@ def find_videos(folder: str | os.PathLike) -> list[Path]:
 
 
 def plan_videos(inputs: Sequence[str | os.PathLike], output: str | os.PathLike | None,
-                cfg: VideoConfig) -> VideoPlan:
+                cfg: VideoConfig, shard: Shard | None = None) -> VideoPlan:
     """Every film to colour with its output, or why not; loads no model and creates nothing.
 
     `output` is None (each output beside its input), a file (one input only)
@@ -149,16 +151,23 @@ def plan_videos(inputs: Sequence[str | os.PathLike], output: str | os.PathLike |
     file with several inputs, a missing or read-only output folder, an output
     that is an input, two inputs mapping to one output, encoder settings no
     film could use; NothingToColour (exit 2) when no film is left. One film's
-    problem (not a film, a still image, its output exists...) goes in `failed`.
+    problem (not a film, a still image...) goes in `failed`; a film whose
+    output exists is done (outputs appear only when complete) and goes in
+    `skipped`, unless cfg.overwrite.
+    With `shard`, only the films that shard owns (by their path relative to
+    the folder they were found in) are probed and planned; a shard left with
+    no film is an empty plan, not an error.
     """
     if not inputs:
         raise VideoPlanError("no INPUT given")
     plan = VideoPlan()
     sources: list[Path] = []
+    keys: list[str] = []  # each film's path relative to its input: what sharding hashes
     for raw in inputs:
         p = Path(raw)
         if not p.is_dir():
             sources.append(p)  # a missing or bad file is refused with the others below
+            keys.append(p.name)
             continue
         try:
             found = find_videos(p)
@@ -168,18 +177,26 @@ def plan_videos(inputs: Sequence[str | os.PathLike], output: str | os.PathLike |
         if not found:
             plan.failed.append((str(p), f"{p}: folder holds no video files ({' '.join(VIDEO_EXTS)})"))
         sources.extend(found)
+        keys.extend(f.relative_to(p).as_posix() for f in found)
     many = len(sources) > 1 or any(Path(r).is_dir() for r in inputs)
     folder, make_folder, out_file = _output_folder(output, many)
     dsts = [out_file or default_output(src, folder, cfg.compare) for src in sources]
     _check_collisions(sources, dsts)
     for suffix in sorted({d.suffix.lower() for d in dsts}):
         media.check_settings(cfg, Path(f"out{suffix}") if suffix else dsts[0])
-    for src, dst in zip(sources, dsts):
+    for src, dst, key in zip(sources, dsts, keys):
+        if shard is not None and not shard.owns(key):
+            continue  # another shard's film: not even probed
+        if (dst.exists() or dst.is_symlink()) and not cfg.overwrite and not dst.is_dir():
+            # Outputs appear only when complete (files.atomic_output): one that exists is done,
+            # so a re-run (of a shard, after a kill) finishes only what is missing.
+            plan.skipped.append((str(src), str(dst)))
+            continue
         try:
             plan.jobs.append(VideoJob(src, dst, _check_film(src, dst, cfg), make_folder))
         except InputError as exc:
             plan.failed.append((str(src), str(exc)))
-    if not plan.jobs:
+    if not plan.jobs and (plan.failed or (shard is None and not plan.skipped)):
         raise NothingToColour(plan.failed)
     return plan
 
@@ -510,6 +527,7 @@ class VideosReport:
 
     reports: list[VideoReport] = field(default_factory=list)  # films written (truncated ones too)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, one-line reason), planning's first
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, output) done in an earlier run
 
     @property
     def ok(self) -> bool:
@@ -535,7 +553,9 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
     WriteError: exit 1) is listed and the next film goes on.
     """
     emit = on_event or (lambda kind, info: None)
-    out = VideosReport(failed=list(plan.failed))
+    out = VideosReport(failed=list(plan.failed), skipped=list(plan.skipped))
+    if run.ray:
+        return _on_ray(plan, run, vcfg, emit, out)
     for index, job in enumerate(plan.jobs):
         if colouriser is None:
             colouriser = Colouriser(run)  # only once a film is certain to be coloured
@@ -552,4 +572,41 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
         if report.truncated:
             out.failed.append((str(job.src), truncation_reason(report)))
         emit("film_done", {"report": report})
+    return out
+
+
+class _FilmWorker:
+    """One Ray worker: loads the model once, then colours one film per call."""
+
+    def __init__(self, run: RunConfig, vcfg: VideoConfig):
+        self.run, self.vcfg = run, vcfg
+        self.engine = Colouriser(run)
+
+    def process(self, unit) -> VideoReport:
+        return colour_job(unit.payload, self.run, self.vcfg, colouriser=self.engine)
+
+
+def _on_ray(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig, emit, out: VideosReport) -> VideosReport:
+    """Each film of `plan` as a task on a Ray cluster (cluster.run_units); one film per task
+    keeps its audio and the order of its frames whole."""
+    from functools import partial
+
+    from .cluster import Unit, run_units
+
+    def on_unit(kind: str, info: dict) -> None:
+        if kind != "unit":
+            return
+        if info["outcome"] == "failed":
+            out.failed.append((info["key"], info["reason"]))
+            emit("film_failed", {"source": info["key"], "reason": info["reason"]})
+            return
+        report = info["result"]
+        out.reports.append(report)
+        if report.truncated:
+            out.failed.append((info["key"], truncation_reason(report)))
+        emit("film_done", {"report": report})
+
+    units = [Unit(str(job.src), job) for job in plan.jobs]
+    run_units(units, partial(_FilmWorker, run, vcfg), address=None if run.ray == "local" else run.ray,
+              on_event=on_unit)
     return out

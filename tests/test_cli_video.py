@@ -59,7 +59,7 @@ def test_several_inputs_need_an_output_folder(make_clip, invoke, tmp_path):
 @pytest.mark.parametrize("kind, message", [
     ("missing", "no such file"), ("folder_empty", "no video files"), ("empty", "empty file"),
     ("text", "not a video"), ("same", "is the input"), ("no_out_dir", "does not exist"),
-    ("exists", "--overwrite"), ("end_and_duration", "--end or --duration"),
+    ("end_and_duration", "--end or --duration"),
     ("still", "colourbatch pages"), ("nan", "not a time"), ("collide", "both"),
 ])
 def test_refusals_come_before_the_model_in_one_line(tmp_path, make_clip, kind, message):
@@ -71,7 +71,6 @@ def test_refusals_come_before_the_model_in_one_line(tmp_path, make_clip, kind, m
         "text": [tmp_path / "text.mp4"],
         "same": [clip, "-o", clip],
         "no_out_dir": [clip, "-o", tmp_path / "missing" / "out.mp4"],
-        "exists": [clip, "-o", clip.with_name("taken.mp4")],
         "end_and_duration": [clip, "--end", "1", "--duration", "1"],
         "still": [tmp_path / "photo.png"],
         "nan": [clip, "--end", "nan"],
@@ -115,3 +114,30 @@ def test_truncated_input_exits_nonzero_keeping_what_decoded(tmp_path, make_clip,
 def test_help_says_colour_is_repredicted():
     res = CliRunner().invoke(cli, ["video", "--help"])
     assert res.exit_code == 0 and "re-predicted" in res.output and "--compare" in res.output
+
+
+def test_rerun_skips_finished_films_and_shards_split_a_folder(tmp_path, make_clip, invoke):
+    films = tmp_path / "films"
+    films.mkdir()
+    for i in range(4):
+        make_clip(f"films/f{i}.mp4", frames=3)
+    out = tmp_path / "out"
+    got = []
+    for k in range(2):
+        res = invoke(films, "-o", out, "--shard", f"{k}/2", "--quiet")
+        assert res.exit_code == 0, res.output
+        got.append(sorted(p.name for p in out.iterdir()) if out.exists() else [])
+    # Shard 1 added only its own films to shard 0's; together: every film exactly once.
+    assert set(got[0]) < set(got[1]) and got[1] == [f"f{i}.colour.mp4" for i in range(4)]
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "f2.colour.mp4").unlink()  # as if a killed run had not finished it
+    res = invoke(films, "-o", out, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "3 film(s) skipped" in res.stdout and "f2.mp4 -> " in res.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "f2.colour.mp4"} == \
+        {k: v for k, v in stamp.items() if k != "f2.colour.mp4"}
+
+
+def test_bad_shard_is_a_usage_error(make_clip, invoke):
+    res = invoke(make_clip("a.mp4"), "--shard", "2/2")
+    assert res.exit_code == 2 and "need 0 <= I < N" in res.stderr

@@ -297,3 +297,54 @@ def test_reasons_are_one_line_and_keep_the_type():
     assert cluster._reason(InputError("bad header\nmore")) == "bad header"
     assert cluster._reason(ValueError("x\ny")) == "ValueError: x"
     assert cluster._reason(KeyError()) == "KeyError"
+
+
+# ------------------------------------------------------- the commands on Ray
+def test_video_folder_on_ray_lists_the_broken_film_and_finishes_the_rest(ray_local, tmp_path,
+                                                                         make_clip, tiny_tinted_weights):
+    from click.testing import CliRunner
+
+    from colourbatch.cli import cli
+
+    films = tmp_path / "films"
+    films.mkdir()
+    for i in range(3):
+        make_clip(f"films/f{i}.mp4", frames=4)
+    whole = make_clip("whole.mp4", frames=30, faststart=True).read_bytes()
+    (films / "cut.mp4").write_bytes(whole[: len(whole) * 4 // 5])  # fails on its worker: truncated
+    (films / "notes.mp4").write_text("not a film")                  # refused while planning
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["video", str(films), "-o", str(out), "--ray", "--quiet", "--workers", "0",
+                                   "--weights", str(tiny_tinted_weights)])
+    assert res.exit_code == 1, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["cut.colour.mp4", "f0.colour.mp4", "f1.colour.mp4",
+                                                     "f2.colour.mp4"]
+    assert "notes.mp4" in res.stderr and "cut.mp4: input truncated" in res.stderr
+    assert "2 of 5 film(s) failed" in res.stderr
+    assert res.stdout.count(": 4 frames, ") == 3
+
+
+def test_pages_folder_on_ray(ray_local, tmp_path, seed_weights):
+    import zipfile
+
+    import cv2
+    import numpy as np
+    from click.testing import CliRunner
+
+    from colourbatch.cli import cli
+
+    page = cv2.imencode(".png", np.full((40, 30), 220, np.uint8))[1].tobytes()
+    (tmp_path / "in" / "vol").mkdir(parents=True)
+    for name in ("a.png", "vol/b.png"):
+        (tmp_path / "in" / name).write_bytes(page)
+    (tmp_path / "in" / "bad.png").write_bytes(page[:60])  # truncated
+    with zipfile.ZipFile(tmp_path / "in" / "book.cbz", "w") as zf:
+        zf.writestr("01.png", page)
+        zf.writestr("02.png", page)
+    res = CliRunner().invoke(cli, ["pages", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ray",
+                                   "--quiet", "--workers", "0", "--weights", str(seed_weights)])
+    assert res.exit_code == 1, res.output
+    assert "4 coloured" in res.stdout and "1 failed" in res.stdout and "bad.png: truncated PNG" in res.stderr
+    with zipfile.ZipFile(tmp_path / "out" / "book.cbz") as zf:
+        assert zf.namelist() == ["01.png", "02.png"]
+    assert (tmp_path / "out" / "vol" / "b.png").exists() and (tmp_path / "out" / "a.png").exists()

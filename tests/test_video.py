@@ -315,7 +315,7 @@ def _fifo(path):
 
 
 @pytest.mark.parametrize("case", ["missing", "text", "empty", "fifo", "png", "jpeg_named_mp4", "audio_only",
-                                  "exists", "start_past_end", "empty_folder"])
+                                  "start_past_end", "empty_folder"])
 def test_one_film_refused_others_planned(tmp_path, make_clip, no_model, case):
     good = make_clip("good.mp4", frames=4)
     bad = {
@@ -326,23 +326,19 @@ def test_one_film_refused_others_planned(tmp_path, make_clip, no_model, case):
         "png": lambda: _still(tmp_path / "photo.png"),
         "jpeg_named_mp4": lambda: _still(tmp_path / "photo.mp4"),
         "audio_only": lambda: _write_audio_only(tmp_path / "sound.mp4"),
-        "exists": lambda: make_clip("other.mp4", frames=4),
         "start_past_end": lambda: make_clip("short.mp4", frames=2),
         "empty_folder": lambda: (tmp_path / "nothing").mkdir() or tmp_path / "nothing",
     }[case]()
-    if case == "exists":
-        (tmp_path / "other.colour.mp4").write_bytes(b"earlier")
     cfg = VideoConfig(start=1.0) if case == "start_past_end" else VideoConfig()
     if case == "start_past_end":
         good = make_clip("good.mp4", frames=40)
     expect = {"missing": "no such file", "text": "not a video file", "empty": "empty file",
               "fifo": "not a regular file (a FIFO)", "png": "colourbatch pages",
               "jpeg_named_mp4": "still image", "audio_only": "no video stream",
-              "exists": "--overwrite", "start_past_end": "past the end",
+              "start_past_end": "past the end",
               "empty_folder": "holds no video files"}[case]
     before = tree(tmp_path)
-    plan = video.plan_videos([bad, good], tmp_path / "out", cfg) if case != "exists" else \
-        video.plan_videos([bad, good], None, cfg)
+    plan = video.plan_videos([bad, good], tmp_path / "out", cfg)
     assert [j.src for j in plan.jobs] == [good]
     assert len(plan.failed) == 1 and plan.failed[0][0] == str(bad)
     assert expect in plan.failed[0][1] and "\n" not in plan.failed[0][1]
@@ -351,6 +347,29 @@ def test_one_film_refused_others_planned(tmp_path, make_clip, no_model, case):
         video.plan_videos([bad], None, cfg)
     assert err.value.exit_code == 2 and expect in str(err.value) and err.value.failed == plan.failed[:1]
     assert tree(tmp_path) == before
+
+
+def test_existing_outputs_are_done_and_skipped(tmp_path, make_clip, no_model):
+    done, todo = make_clip("done.mp4", frames=4), make_clip("todo.mp4", frames=4)
+    (tmp_path / "done.colour.mp4").write_bytes(b"finished earlier")
+    plan = video.plan_videos([done, todo], None, VideoConfig())
+    assert [j.src for j in plan.jobs] == [todo] and not plan.failed
+    assert plan.skipped == [(str(done), str(tmp_path / "done.colour.mp4"))]
+    # Everything done: an empty plan, not a refusal; --overwrite redoes it.
+    assert not video.plan_videos([done], None, VideoConfig()).jobs
+    assert [j.src for j in video.plan_videos([done], None, VideoConfig(overwrite=True)).jobs] == [done]
+
+
+def test_shards_of_a_folder_are_disjoint_and_complete(tmp_path, make_clip, no_model):
+    from colourbatch.shard import Shard
+    films = tmp_path / "films"
+    films.mkdir()
+    for i in range(6):
+        make_clip(f"films/f{i}.mp4", frames=2)
+    parts = [{j.src.name for j in video.plan_videos([films], tmp_path / "out", VideoConfig(), Shard(k, 2)).jobs}
+             for k in range(2)]
+    assert parts[0].isdisjoint(parts[1]) and parts[0] | parts[1] == {f"f{i}.mp4" for i in range(6)}
+    assert all(parts)  # six films over two shards: each gets some (fixed by the names' hashes)
 
 
 def test_colour_video_refuses_like_the_plan(tmp_path, make_clip, no_model):
