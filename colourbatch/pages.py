@@ -29,6 +29,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import cv2
 import numpy as np
@@ -38,7 +39,7 @@ from . import colour, files
 from .config import ARCHIVE_EXTS, PAGE_EXTS, PAGE_FORMATS, PagesConfig, RunConfig
 from .data import make_loader
 from .errors import ColourbatchError, InputError, one_line
-from .pipeline import Colouriser
+from .pipeline import Colouriser, on_ray
 from .shard import Shard, resolve as resolve_shard
 
 #: Pictures found in folders that are not coloured, and why (listed as failures, never dropped silently).
@@ -801,34 +802,15 @@ def run_plan(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit=None,
     return report
 
 
-class _PagesWorker:
-    """One Ray worker: loads the model once, then colours one page file or archive per call."""
-
-    def __init__(self, pcfg: PagesConfig, run: RunConfig):
-        self.pcfg, self.run = pcfg, run
-        self.engine = Colouriser(run)
-
-    def process(self, unit) -> PagesReport:
-        return run_plan(unit.payload, self.pcfg, self.run, engine=self.engine)
+def _colour_unit(pcfg: PagesConfig, run: RunConfig, plan: Plan, engine: Colouriser) -> PagesReport:
+    return run_plan(plan, pcfg, run, engine=engine)
 
 
 def _run_on_ray(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit) -> PagesReport:
-    """Each page file or archive of `plan` as a task on a Ray cluster (cluster.run_units)."""
-    from functools import partial
-
-    from .cluster import Unit, run_units
-
+    """Each page file or archive of `plan` as a task on a Ray cluster (pipeline.on_ray)."""
     report = PagesReport([], [], [], [], [], 0.0)
-    units = [Unit(name, sub) for name, sub in plan.units()]
 
-    def on_unit(kind: str, info: dict) -> None:
-        if kind != "unit":
-            return
-        if info["outcome"] == "failed":  # the worker itself failed: every page of the unit did
-            report.failed.append((info["key"], info["reason"]))
-            emit("page", {"source": info["key"], "outcome": "error", "reason": info["reason"]})
-            return
-        part: PagesReport = info["result"]
+    def on_result(key: str, part: PagesReport) -> None:
         for name in ("done", "copied", "failed", "archives"):
             getattr(report, name).extend(getattr(part, name))
         for source in part.done + part.copied:
@@ -836,6 +818,9 @@ def _run_on_ray(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit) -> PagesRep
         for source, reason in part.failed:
             emit("page", {"source": source, "outcome": "error", "reason": reason})
 
-    address = None if run.ray == "local" else run.ray
-    run_units(units, partial(_PagesWorker, pcfg, run), address=address, on_event=on_unit)
+    def on_failure(key: str, reason: str) -> None:  # the worker itself failed on this file or archive
+        report.failed.append((key, reason))
+        emit("page", {"source": key, "outcome": "error", "reason": reason})
+
+    on_ray(plan.units(), run, partial(_colour_unit, pcfg, run), on_result, on_failure)
     return report

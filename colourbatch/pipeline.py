@@ -11,7 +11,7 @@ nothing here prints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -81,3 +81,38 @@ class Colouriser:
         with autocast(self.device, self.dtype):
             ab = predict_ab8(self.model, x, self.cfg.temperature)
         return ab.cpu().numpy()  # one transfer (and sync) per batch, never per frame
+
+
+# ------------------------------------------------------------- on a cluster
+class _EngineWorker:
+    """A cluster worker: builds the engine once, then runs `work(payload, engine)` per unit."""
+
+    def __init__(self, run: RunConfig, work: Callable[[Any, Colouriser], Any]):
+        self.engine, self.work = Colouriser(run), work
+
+    def process(self, unit) -> Any:
+        return self.work(unit.payload, self.engine)
+
+
+def on_ray(items: list[tuple[str, Any]], run: RunConfig, work: Callable[[Any, Colouriser], Any],
+           on_result: Callable[[str, Any], None], on_failure: Callable[[str, str], None]) -> None:
+    """Run `work(payload, engine)` for each (key, payload) as a task on the Ray cluster `run.ray`.
+
+    Each Ray worker loads the model once (cluster.run_units balances the
+    items over the workers, redoes those whose worker died, isolates
+    failures). `work` must be picklable (a module-level function or a
+    functools.partial of one); results and failures come back through the
+    callbacks, in the driver process.
+    """
+    from functools import partial
+
+    from .cluster import Unit, run_units
+
+    def on_unit(kind: str, info: dict) -> None:
+        if kind == "unit" and info["outcome"] == "done":
+            on_result(info["key"], info["result"])
+        elif kind == "unit":
+            on_failure(info["key"], info["reason"])
+
+    run_units([Unit(key, payload) for key, payload in items], partial(_EngineWorker, run, work),
+              address=None if run.ray == "local" else run.ray, on_event=on_unit)

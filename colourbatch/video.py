@@ -38,6 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -50,7 +51,7 @@ from .carry import Carrier
 from .data import make_loader
 from .errors import ColourbatchError, InputError, WriteError
 from .config import VideoConfig
-from .pipeline import Colouriser, RunConfig
+from .pipeline import Colouriser, RunConfig, on_ray
 from .shard import Shard
 
 #: Extensions a folder input is scanned for.
@@ -575,38 +576,23 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
     return out
 
 
-class _FilmWorker:
-    """One Ray worker: loads the model once, then colours one film per call."""
-
-    def __init__(self, run: RunConfig, vcfg: VideoConfig):
-        self.run, self.vcfg = run, vcfg
-        self.engine = Colouriser(run)
-
-    def process(self, unit) -> VideoReport:
-        return colour_job(unit.payload, self.run, self.vcfg, colouriser=self.engine)
+def _colour_film(run: RunConfig, vcfg: VideoConfig, job: VideoJob, engine: Colouriser) -> VideoReport:
+    return colour_job(job, run, vcfg, colouriser=engine)
 
 
 def _on_ray(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig, emit, out: VideosReport) -> VideosReport:
-    """Each film of `plan` as a task on a Ray cluster (cluster.run_units); one film per task
+    """Each film of `plan` as a task on a Ray cluster (pipeline.on_ray); one film per task
     keeps its audio and the order of its frames whole."""
-    from functools import partial
-
-    from .cluster import Unit, run_units
-
-    def on_unit(kind: str, info: dict) -> None:
-        if kind != "unit":
-            return
-        if info["outcome"] == "failed":
-            out.failed.append((info["key"], info["reason"]))
-            emit("film_failed", {"source": info["key"], "reason": info["reason"]})
-            return
-        report = info["result"]
+    def on_result(key: str, report: VideoReport) -> None:
         out.reports.append(report)
         if report.truncated:
-            out.failed.append((info["key"], truncation_reason(report)))
+            out.failed.append((key, truncation_reason(report)))
         emit("film_done", {"report": report})
 
-    units = [Unit(str(job.src), job) for job in plan.jobs]
-    run_units(units, partial(_FilmWorker, run, vcfg), address=None if run.ray == "local" else run.ray,
-              on_event=on_unit)
+    def on_failure(key: str, reason: str) -> None:
+        out.failed.append((key, reason))
+        emit("film_failed", {"source": key, "reason": reason})
+
+    on_ray([(str(job.src), job) for job in plan.jobs], run, partial(_colour_film, run, vcfg),
+           on_result, on_failure)
     return out
