@@ -84,8 +84,13 @@ def cpu_count() -> int:
 
 
 def set_cpu_threads(threads: int | None = None) -> int:
-    """Use all cores for intra-op work unless told otherwise; returns the count."""
+    """Use all cores for intra-op work unless told otherwise; returns the count.
+
+    `threads` None: OMP_NUM_THREADS when set (Ray sets it to each worker's CPU
+    share, and a user may), else every core this process may use.
+    """
     if threads is None:
-        threads = cpu_count()
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(env) if env.isdigit() and int(env) > 0 else cpu_count()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()

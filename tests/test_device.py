@@ -28,3 +28,19 @@ def test_bad_requests():
         with pytest.raises(device.DeviceError, match="no CUDA device"):
             device.pick_device("cuda")
         assert device.pick_device("auto").type == "cpu"
+
+
+def test_threads_follow_omp_num_threads_when_set(monkeypatch):
+    import torch
+
+    from colourbatch.device import cpu_count, set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as Ray sets it for a one-CPU worker
+        assert set_cpu_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_cpu_threads() == cpu_count()
+        assert set_cpu_threads(1) == 1
+    finally:
+        torch.set_num_threads(before)
