@@ -639,12 +639,22 @@ def _human_bytes(n: int) -> str:
 
 
 class _VideoView(_BarView):
-    """colour_videos()'s events: the model line, then a bar per film (frames, frames/s, ETA)."""
+    """colour_videos()'s events: the model line, then a bar per film (frames, frames/s, ETA);
+    on a Ray cluster, one bar over the films."""
+
+    films = False  # counting films (Ray) rather than one film's frames
 
     def on_event(self, kind: str, info) -> None:
         if self.quiet:
             return
-        if kind == "engine":
+        if kind == "films":
+            self.films = True
+            self.open("films", "colouring films", info["total"])
+        elif self.films and kind in ("film_done", "film_failed"):
+            self.bar.advance(self.task)
+            if kind == "film_failed":
+                self.print(f"failed {info['source']}: {info['reason']}")
+        elif kind == "engine":
             self.print(_engine_line(info))
         elif kind == "film":
             self.open("frames", Path(info["job"].src).name, None)

@@ -549,7 +549,8 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
 
     Events: ("engine", describe()), ("film", {"job", "index", "total"}),
     ("progress", {"done", "total"}), ("film_done", {"report"}),
-    ("film_failed", {"source", "reason"}). Errors that concern every film
+    ("film_failed", {"source", "reason"}); on Ray ("films", {"total"}) first
+    and no per-frame events (each film runs on a worker). Errors that concern every film
     (weights, device: exit 2) are raised; a film's own (InputError,
     WriteError: exit 1) is listed and the next film goes on.
     """
@@ -593,6 +594,7 @@ def _on_ray(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig, emit, out: Video
         out.failed.append((key, reason))
         emit("film_failed", {"source": key, "reason": reason})
 
+    emit("films", {"total": len(plan.jobs)})  # on a cluster, progress is counted in films
     on_ray([(str(job.src), job) for job in plan.jobs], run, partial(_colour_film, run, vcfg),
            on_result, on_failure)
     return out
