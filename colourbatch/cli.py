@@ -20,7 +20,6 @@ from . import config as C
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ColourbatchError, UsageError
 
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
-EXIT_HELP = "Exit code: 0 all done, 1 some inputs failed (listed), 2 could not start, 130 interrupted."
 
 
 class _Commands(click.Group):
@@ -72,10 +71,10 @@ def run_options(f):
                     "across machines [default: from COLOURBATCH_SHARD, SLURM array, torchrun or "
                     "Kubernetes indexed-Job variables when set, else everything].",
                callback=_check_shard),
-        click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-                     help="Run each film or page file/archive as a task on a Ray cluster: ADDRESS "
-                          "(e.g. ray://head:10001 or auto), or a local Ray instance when none is given. "
-                          'Needs pip install "colourbatch[ray]".'),
+        option(R, "ray", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+               help="Run each film or page file/archive as a task on a Ray cluster: ADDRESS "
+                    "(e.g. ray://head:10001 or auto), or a local Ray instance when none is given. "
+                    'Needs pip install "colourbatch[ray]".'),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar; only errors and the final line."),
     ]
     for opt in reversed(options):
