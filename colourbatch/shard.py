@@ -10,7 +10,8 @@ is missing.
 
 The shard comes from `--shard I/N`, else from the environment of the usual
 schedulers: COLOURBATCH_SHARD ("I/N"), torchrun (RANK, WORLD_SIZE), SLURM job
-arrays (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT)
+arrays (SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_STEP,
+SLURM_ARRAY_TASK_COUNT)
 and Kubernetes indexed Jobs (JOB_COMPLETION_INDEX with COLOURBATCH_SHARDS,
 since Kubernetes does not export the completion count).
 """
@@ -75,8 +76,14 @@ def _from_env(env: Mapping[str, str]) -> Shard | None:
     if env.get("COLOURBATCH_SHARD"):
         return parse(env["COLOURBATCH_SHARD"])
     if env.get("SLURM_ARRAY_TASK_ID") and env.get("SLURM_ARRAY_TASK_COUNT"):
+        # --array=MIN-MAX:STEP numbers its tasks MIN, MIN+STEP, ...: the shard is the position.
         first = int(env.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
-        return Shard(int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+        offset = int(env["SLURM_ARRAY_TASK_ID"]) - first
+        if step < 1 or offset % step:
+            raise ShardError("SLURM_ARRAY_TASK_ID is not on its array's MIN:STEP grid (an array given as a "
+                             "list?): pass --shard I/N or set COLOURBATCH_SHARD")
+        return Shard(offset // step, int(env["SLURM_ARRAY_TASK_COUNT"]))
     if env.get("JOB_COMPLETION_INDEX"):
         if not env.get("COLOURBATCH_SHARDS"):
             raise ShardError("JOB_COMPLETION_INDEX is set but not COLOURBATCH_SHARDS "

@@ -91,16 +91,23 @@ def test_cbz_in_cbz_out(tmp_path, seed_weights):
 def test_shards_split_a_folder_and_rerun_finishes_what_is_missing(tmp_path, seed_weights):
     for i in range(6):
         grey_page(tmp_path / "in" / f"v{i % 2}" / f"p{i}.png")
-    out = tmp_path / "out"
-    seen = []
-    for k in range(3):
+
+    def shard(k, out):
         result = invoke("pages", tmp_path / "in", "-o", out, "--weights", seed_weights, "--workers", 0,
                         "--shard", f"{k}/3", "--quiet")
-        assert result.exit_code == 0, result.output
-        assert f"shard {k}/3: " in result.output
-        now = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) if out.exists() else []
-        seen.append([p for p in now if p not in sum(seen, [])])
-    assert sorted(sum(seen, [])) == sorted(f"v{i % 2}/p{i}.png" for i in range(6))  # each page once
-    (out / "v1" / "p3.png").unlink()  # a killed run's missing page
-    again = invoke("pages", tmp_path / "in", "-o", out, "--weights", seed_weights, "--workers", 0, "--quiet")
-    assert again.exit_code == 0 and "1 coloured" in again.output and "5 skipped" in again.output
+        assert result.exit_code == 0 and f"shard {k}/3: " in result.output, result.output
+        return result
+
+    # Each shard into its own folder: what each wrote is exactly its share.
+    parts = []
+    for k in range(3):
+        shard(k, tmp_path / f"out{k}")
+        out = tmp_path / f"out{k}"
+        parts.append({p.relative_to(out).as_posix() for p in out.rglob("*.png")} if out.exists() else set())
+    assert sum(len(p) for p in parts) == 6 and set().union(*parts) == {f"v{i % 2}/p{i}.png" for i in range(6)}
+    # A re-run of one shard after a kill finishes only its missing page.
+    k = next(k for k, p in enumerate(parts) if p)
+    missing = sorted(parts[k])[0]
+    (tmp_path / f"out{k}" / missing).unlink()
+    again = shard(k, tmp_path / f"out{k}")
+    assert "1 coloured" in again.output and f"{len(parts[k]) - 1} skipped" in again.output

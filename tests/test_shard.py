@@ -17,10 +17,15 @@ def test_shards_are_disjoint_and_complete():
     assert all(40 < len(o) < 95 for o in owned)  # a hash spreads them, not one shard taking all
 
 
-def test_adding_files_moves_no_other_file():
-    before = {k: shard.bucket(k, 4) for k in keys(50)}
-    after = {k: shard.bucket(k, 4) for k in keys(80)}
-    assert all(after[k] == v for k, v in before.items())
+def test_assignment_is_the_documented_hash_of_the_path_alone():
+    # SHA-256 of the relative path, first 8 bytes big-endian, modulo N: the same on every
+    # machine and version, whatever else is in the folder, so adding files moves no other
+    # file and shards started on different machines agree.
+    import hashlib
+    for key in ("vol1/page001.png", "films/a.mp4", "b.cbz"):
+        want = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % 7
+        assert shard.bucket(key, 7) == want
+    assert [shard.bucket(k, 4) for k in ("a.mp4", "b.mp4", "c.mp4", "d/e.png")] == [0, 0, 1, 1]
 
 
 def test_parse_and_bad_shards():
@@ -35,12 +40,21 @@ def test_parse_and_bad_shards():
     ({}, None),
     ({"COLOURBATCH_SHARD": "2/5", "RANK": "0", "WORLD_SIZE": "2"}, shard.Shard(2, 5)),
     ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"}, shard.Shard(3, 8)),
+    # --array=0-8:2 runs tasks 0, 2, 4, 6, 8: five shards, none skipped.
+    ({"SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+      "SLURM_ARRAY_TASK_COUNT": "5"}, shard.Shard(4, 5)),
     ({"JOB_COMPLETION_INDEX": "3", "COLOURBATCH_SHARDS": "10"}, shard.Shard(3, 10)),
     ({"RANK": "1", "WORLD_SIZE": "2"}, shard.Shard(1, 2)),
     ({"RANK": "0", "WORLD_SIZE": "1"}, None),
 ])
 def test_shard_from_scheduler_environment(env, expected):
     assert shard.from_env(env) == expected
+
+
+def test_slurm_task_off_its_grid_is_refused():
+    with pytest.raises(shard.ShardError, match="grid"):
+        shard.from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
+                        "SLURM_ARRAY_TASK_COUNT": "5"})
 
 
 def test_half_set_environment_is_refused():
