@@ -129,7 +129,7 @@ def _check_body(blob: dict[str, Any], path) -> None:
 
     version = blob.get("version", VERSION)
     if type(version) is not int:
-        raise bad(f"version is {type(version).__name__}, not a number")
+        raise bad(f"version is {type(version).__name__}, not a whole number")
     if version > VERSION:
         raise CheckpointError(f"{path}: written by a newer colourbatch (format {version})")
     for key in ("model", "config", "state"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
@@ -45,6 +46,10 @@ class SeedConfig:
 
     widths: tuple = (64, 64, 32, 32)  # ColourMePy's layer widths, 3->64->64->32->32->3
     kernels: tuple = (3, 2, 2, 1, 1)  # ColourMePy's kernel sizes, one per layer
+
+    def __post_init__(self):
+        _require(len(self.kernels) == len(self.widths) + 1, "kernels must be one more than widths")
+        _require(min(self.widths + self.kernels) >= 1, "widths and kernels must be 1 or more")
 
 
 class SeedNet(nn.Module):
@@ -164,6 +169,13 @@ class DefaultConfig:
     temperature: float = 0.38  # annealed-mean T at decode: lower is livelier, higher is safer
     imagenet_mean: tuple = (0.485, 0.456, 0.406)  # the encoder was pretrained on ImageNet RGB
     imagenet_std: tuple = (0.229, 0.224, 0.225)   # ... with these statistics
+
+    def __post_init__(self):
+        _require(len(self.decoder) == 4 and min(self.decoder) >= 1, "decoder needs 4 widths of 1 or more")
+        _require(self.bin_step >= 1, "bin_step must be 1 or more")
+        _require(self.temperature > 0, "temperature must be above 0")
+        _require(len(self.imagenet_mean) == len(self.imagenet_std) == 3 and min(self.imagenet_std) > 0,
+                 "imagenet_mean and imagenet_std need 3 values, std above 0")
 
 
 class DefaultNet(nn.Module):
@@ -346,7 +358,29 @@ def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
         raise ValueError(f"config fields {sorted(extra)} do not belong to model {name!r}")
     # JSON-ish storage turns tuples into lists; dataclass fields stay tuples.
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    for f in fields(cfg_cls):
+        if f.name in config and not _like(f.default, config[f.name]):
+            raise ValueError(f"config field {f.name}={config[f.name]!r} is not a value like {f.default!r}")
     return net_cls(cfg_cls(**config))
+
+
+def _like(default: Any, value: Any) -> bool:
+    """`value` has the kind of `default`: the same scalar type (ints for ints, finite numbers
+    for floats), or a non-empty tuple of such; a weights file may say anything."""
+    if isinstance(default, tuple):
+        return isinstance(value, tuple) and len(value) > 0 and all(_like(default[0], v) for v in value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(default) is type(value)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return type(value) is type(default)
+
+
+def _require(ok: bool, why: str) -> None:
+    if not ok:
+        raise ValueError(why)
 
 
 def model_config(model: nn.Module) -> tuple[str, dict[str, Any]]:

@@ -222,3 +222,28 @@ def test_a_really_full_disk_is_a_write_error(tmp_path):
     assert len(p.stdout.strip().splitlines()) == 1 and "Traceback" not in p.stderr
     assert checkpoint.load(path)[1] == {"v": 1}
     assert [q.name for q in tmp_path.iterdir()] == ["w.pt"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", "hot", "temperature='hot' is not a value like"),
+    ("temperature", float("nan"), "temperature=nan is not a value like"),
+    ("temperature", 0.0, "temperature must be above 0"),
+    ("bin_step", 0, "bin_step must be 1 or more"),
+    ("bin_step", 2.5, "bin_step=2.5 is not a value like"),
+    ("decoder", [256, 192], "decoder needs 4 widths"),
+    ("decoder", [256, "x", 128, 96], "is not a value like"),
+])
+def test_config_values_are_checked_when_the_model_is_built(tmp_path, field, value, message):
+    # A value that would only fail at decode time (a traceback mid-run, or NaN colour)
+    # is refused when the file is loaded, before any work.
+    from colourbatch.model import build_model
+
+    p = tmp_path / "w.pt"
+    checkpoint.save(p, build_model("default"))
+    blob = torch.load(p, weights_only=True)
+    blob["config"][field] = value
+    torch.save(blob, p)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(message)) as err:
+        checkpoint.load(p)
+    assert "\n" not in str(err.value) and err.value.exit_code == 2
+
