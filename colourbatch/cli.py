@@ -329,26 +329,24 @@ def video(ctx, inputs, output, quiet, **values):
     0 decodes in this process). Exit code: 0 every film came out whole, 1 some
     failed or were truncated (what decoded is kept), 2 the run could not start.
     """
-    from .shard import resolve
-    from .video import colour_videos, plan_videos
+    from .video import colour_films
 
     run, vcfg = C.build(C.RunConfig, values), C.build(C.VideoConfig, values)
-    plan = plan_videos(list(inputs), output, vcfg, resolve(run.shard))  # loads no model, writes nothing
     console, err = make_console(), make_console(stderr=True)
-    for _, why in plan.failed:
-        err.print(f"error: {why}", markup=False)
-    with _VideoView(console, quiet) as view:
-        result = colour_videos(plan, run, vcfg, view.on_event)
+    with _VideoView(console, quiet, err) as view:
+        result = colour_films(list(inputs), output, vcfg, run, view.on_event)
     if result.reports:
         _video_summary(console, result.reports, quiet)
     if result.skipped:
         console.print(f"{len(result.skipped)} film(s) skipped: their output exists, done in an earlier "
                       f"run (--overwrite redoes them), e.g. {result.skipped[0][1]}", markup=False)
-    for _, why in result.failed[len(plan.failed):]:
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
+    for _, why in result.failed:
         err.print(f"error: {why}", markup=False)
-    films = len(plan.jobs) + len(plan.failed)
-    if films > 1 and result.failed:
-        err.print(f"{len(result.failed)} of {films} film(s) failed", markup=False)
+    bad = len(result.refused) + len(result.failed)
+    if bad and result.films > 1:
+        err.print(f"{bad} of {result.films} film(s) failed", markup=False)
     ctx.exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
@@ -643,7 +641,14 @@ class _VideoView(_BarView):
 
     films = False  # counting films (Ray) rather than one film's frames
 
+    def __init__(self, console, quiet: bool, err):
+        super().__init__(console, quiet)
+        self.err = err
+
     def on_event(self, kind: str, info) -> None:
+        if kind == "refused":  # shown even with --quiet: these are errors, before any work
+            self.err.print(f"error: {info['reason']}", markup=False, highlight=False)
+            return
         if self.quiet:
             return
         if kind == "films":
@@ -651,8 +656,6 @@ class _VideoView(_BarView):
             self.open("films", "colouring films", info["total"])
         elif self.films and kind in ("film_done", "film_failed"):
             self.bar.advance(self.task)
-            if kind == "film_failed":
-                self.print(f"failed {info['source']}: {info['reason']}")
         elif kind == "engine":
             self.print(_engine_line(info))
         elif kind == "film":

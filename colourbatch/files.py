@@ -32,10 +32,43 @@ def temp_path(dest: str | os.PathLike) -> Path:
     return dest.with_name(f".{dest.stem}.{secrets.token_hex(4)}{TMP_TAG}{dest.suffix}")
 
 
-def is_temp(path: str | os.PathLike) -> bool:
-    """True for a temporary file this module made (left behind only by a killed process)."""
-    name = Path(path).name
-    return name.startswith(".") and TMP_TAG in name
+def temp_target(path: str | os.PathLike) -> Path | None:
+    """The destination a temporary file of temp_path() was for, or None for any other file."""
+    path = Path(path)
+    name = path.name
+    cut = name.rfind(TMP_TAG)
+    if not name.startswith(".") or cut < 0 or "." not in name[1:cut]:
+        return None
+    stem = name[1:cut].rsplit(".", 1)[0]  # drop the random token
+    return path.with_name(stem + name[cut + len(TMP_TAG):])
+
+
+def remove_stale_temps(dests) -> int:
+    """Remove the temporary files a killed run left for these destinations; returns how many.
+
+    Only temporaries of these destinations go (each folder is listed once):
+    another process writing other outputs into the same folder, as shards
+    do, keeps its own. A SIGKILLed run cannot clean up after itself, and a
+    film's temporary file can be gigabytes.
+    """
+    by_folder: dict[Path, set[str]] = {}
+    for d in dests:
+        d = Path(d)
+        by_folder.setdefault(d.parent, set()).add(d.name)
+    removed = 0
+    for folder, names in by_folder.items():
+        try:
+            with os.scandir(folder) as it:
+                stale = [e.path for e in it if TMP_TAG in e.name and e.is_file(follow_symlinks=False)]
+        except OSError:
+            continue  # not there yet: nothing was left in it
+        for p in stale:
+            target = temp_target(p)
+            if target is not None and target.name in names:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+                    removed += 1
+    return removed
 
 
 @contextlib.contextmanager

@@ -720,6 +720,8 @@ def run_plan(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit=None,
     """
     emit = emit or (lambda kind, info: None)
     report = PagesReport([], [], [], [], [], 0.0)
+    # What a killed earlier run left for these outputs (pages, staged pages, archives).
+    files.remove_stale_temps([job.dest for job in plan.jobs] + [a.dest for a in plan.archives])
     if engine is None and plan.jobs:
         engine = Colouriser(run)
         emit("engine", engine.describe())

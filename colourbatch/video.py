@@ -49,10 +49,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from . import colour, files, media
 from .carry import Carrier
 from .data import make_loader
-from .errors import ColourbatchError, InputError, WriteError
+from .errors import ColourbatchError, InputError, WriteError, one_line
 from .config import VideoConfig
 from .pipeline import Colouriser, RunConfig, on_ray
-from .shard import Shard
+from .shard import Shard, resolve as resolve_shard
 
 #: Extensions a folder input is scanned for.
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts",
@@ -124,6 +124,7 @@ class VideoPlan:
     jobs: list[VideoJob] = field(default_factory=list)             # films to colour, in order
     failed: list[tuple[str, str]] = field(default_factory=list)    # (input, one-line reason naming it)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (input, its output): done earlier
+    notes: list[str] = field(default_factory=list)                 # what was left aside, and why
 
 
 def default_output(src: str | os.PathLike, folder: str | os.PathLike | None = None,
@@ -133,12 +134,47 @@ def default_output(src: str | os.PathLike, folder: str | os.PathLike | None = No
     return (Path(folder) if folder is not None else src.parent) / f"{src.stem}.{OUTPUT_TAGS[compare]}{OUTPUT_EXT}"
 
 
-def find_videos(folder: str | os.PathLike) -> list[Path]:
-    """Videos directly in `folder`, sorted; hidden files (our temporaries) and our outputs left out."""
+def find_videos(folder: str | os.PathLike, plan: VideoPlan | None = None) -> list[Path]:
+    """Videos under `folder`, recursively, in sorted depth-first order.
+
+    Hidden files and folders (our temporaries) are passed over; so are our own
+    outputs (`*.colour.mp4`, `*.compare.mp4`, which sit beside their inputs by
+    default), folder symlinks (not followed: they may loop) and, with `plan`,
+    each is said in plan.notes; a film name that is not a regular file (a
+    FIFO, a device) and an unreadable folder go in plan.failed.
+    """
     tags = tuple(f".{t}" for t in OUTPUT_TAGS.values())
-    return [p for p in sorted(Path(folder).iterdir())
-            if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith(".")
-            and not p.stem.endswith(tags) and p.is_file()]
+    plan = plan if plan is not None else VideoPlan()
+    found, ours, stack = [], 0, [Path(folder)]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            plan.failed.append((str(d), f"{d}: cannot read folder ({exc.strerror or exc})"))
+            continue
+        subdirs = []
+        for e in entries:
+            p = Path(e.path)
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                subdirs.append(p)
+            elif e.is_symlink() and p.is_dir():
+                plan.notes.append(f"{p}: folder symlink not followed")
+            elif p.suffix.lower() in VIDEO_EXTS:
+                if p.stem.endswith(tags):
+                    ours += 1
+                elif not e.is_file():
+                    plan.failed.append((str(p), f"{p}: not a regular file (a FIFO, device or broken link)"))
+                else:
+                    found.append(p)
+        stack.extend(reversed(subdirs))
+    if ours:
+        plan.notes.append(f"{folder}: {ours} file(s) named like colourbatch outputs (*.colour.mp4, "
+                          "*.compare.mp4) passed over")
+    return found
 
 
 def plan_videos(inputs: Sequence[str | os.PathLike], output: str | os.PathLike | None,
@@ -163,28 +199,29 @@ def plan_videos(inputs: Sequence[str | os.PathLike], output: str | os.PathLike |
         raise VideoPlanError("no INPUT given")
     plan = VideoPlan()
     sources: list[Path] = []
-    keys: list[str] = []  # each film's path relative to its input: what sharding hashes
+    keys: list[str] = []  # each film's path relative to its input: what sharding hashes and -o mirrors
     for raw in inputs:
         p = Path(raw)
         if not p.is_dir():
             sources.append(p)  # a missing or bad file is refused with the others below
             keys.append(p.name)
             continue
-        try:
-            found = find_videos(p)
-        except OSError as exc:
-            plan.failed.append((str(p), f"{p}: cannot read folder ({exc.strerror or exc})"))
-            continue
-        if not found:
+        found = find_videos(p, plan)
+        if not found and not any(src == str(p) for src, _ in plan.failed):
             plan.failed.append((str(p), f"{p}: folder holds no video files ({' '.join(VIDEO_EXTS)})"))
         sources.extend(found)
         keys.extend(f.relative_to(p).as_posix() for f in found)
     many = len(sources) > 1 or any(Path(r).is_dir() for r in inputs)
     folder, make_folder, out_file = _output_folder(output, many)
-    dsts = [out_file or default_output(src, folder, cfg.compare) for src in sources]
+    # A folder's sub-folders are mirrored under -o, as pages mirrors them.
+    dsts = [out_file or default_output(src, folder / Path(key).parent if folder else None, cfg.compare)
+            for src, key in zip(sources, keys)]
     _check_collisions(sources, dsts)
     for suffix in sorted({d.suffix.lower() for d in dsts}):
         media.check_settings(cfg, Path(f"out{suffix}") if suffix else dsts[0])
+    if shard is not None:
+        mine = sum(shard.owns(key) for key in keys)
+        plan.notes.append(f"shard {shard}: {mine} of {len(keys)} films are this shard's")
     for src, dst, key in zip(sources, dsts, keys):
         if shard is not None and not shard.owns(key):
             continue  # another shard's film: not even probed
@@ -194,7 +231,8 @@ def plan_videos(inputs: Sequence[str | os.PathLike], output: str | os.PathLike |
             plan.skipped.append((str(src), str(dst)))
             continue
         try:
-            plan.jobs.append(VideoJob(src, dst, _check_film(src, dst, cfg), make_folder))
+            plan.jobs.append(VideoJob(src, dst, _check_film(src, dst, cfg),
+                                      make_folder or not dst.parent.exists()))
         except InputError as exc:
             plan.failed.append((str(src), str(exc)))
     if not plan.jobs and (plan.failed or (shard is None and not plan.skipped)):
@@ -435,6 +473,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
     end_item: dict = {}
     greys: list[bool] = []
     carried = Carrier(info, start, end)
+    files.remove_stale_temps([dst])  # what a killed earlier run of this film left
     with files.atomic_output(dst, make_parents=job.make_folder) as tmp:
         try:
             workers = min(run.workers, 1)
@@ -527,19 +566,47 @@ class VideosReport:
     """What happened to every film of a plan."""
 
     reports: list[VideoReport] = field(default_factory=list)  # films written (truncated ones too)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, one-line reason), planning's first
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (input, reason naming it): refused by the plan
+    failed: list[tuple[str, str]] = field(default_factory=list)   # (input, reason naming it): failed while colouring
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, output) done in an earlier run
+    notes: list[str] = field(default_factory=list)                # what the plan left aside, and why
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.refused and not self.failed
+
+    @property
+    def films(self) -> int:
+        return len(self.reports) + len(self.refused) + len(self.failed) - sum(r.truncated for r in self.reports)
 
 
 def truncation_reason(report: VideoReport) -> str:
     """Why a film that came out short counts as failed, in one line."""
-    return (f"{report.src}: input truncated: {report.frames_lost} frame(s) lost"
+    return (f"input truncated: {report.frames_lost} frame(s) lost"
             + (f" ({report.decode_error})" if report.decode_error else "")
             + f"; the {report.frames_out} that decoded are in {report.dst}")
+
+
+def _naming(src: str | os.PathLike, reason: BaseException | str) -> str:
+    """A film's failure as one line that names the film (once: some reasons name it already)."""
+    text = one_line(reason)
+    return text if text.startswith(str(src)) else f"{src}: {text}"
+
+
+def colour_films(inputs: Sequence[str | os.PathLike], output: str | os.PathLike | None, vcfg: VideoConfig,
+                 run: RunConfig, on_event: Callable[[str, dict], None] | None = None) -> VideosReport:
+    """`colourbatch video`: plan every input (this shard's, from run.shard or the scheduler's
+    environment), then colour the plan here or on Ray (run.ray).
+
+    Refusals found by the plan leave as ("refused", {"source", "reason"}) events
+    before any model loads, then colour_videos' events follow. Raises what
+    plan_videos raises for a run that cannot start (exit 2).
+    """
+    emit = on_event or (lambda kind, info: None)
+    plan = plan_videos(inputs, output, vcfg, resolve_shard(run.shard))
+    for source, reason in plan.failed:
+        emit("refused", {"source": source, "reason": reason})
+    return colour_videos(plan, run, vcfg, on_event)
 
 
 def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
@@ -555,7 +622,7 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
     WriteError: exit 1) is listed and the next film goes on.
     """
     emit = on_event or (lambda kind, info: None)
-    out = VideosReport(failed=list(plan.failed), skipped=list(plan.skipped))
+    out = VideosReport(refused=list(plan.failed), skipped=list(plan.skipped), notes=list(plan.notes))
     if run.ray:
         return _on_ray(plan, run, vcfg, emit, out)
     for index, job in enumerate(plan.jobs):
@@ -567,12 +634,12 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
             report = colour_job(job, run, vcfg, colouriser=colouriser,
                                 on_progress=lambda done, total: emit("progress", {"done": done, "total": total}))
         except (InputError, WriteError) as exc:
-            out.failed.append((str(job.src), str(exc)))
+            out.failed.append((str(job.src), _naming(job.src, exc)))
             emit("film_failed", {"source": str(job.src), "reason": str(exc)})
             continue
         out.reports.append(report)
         if report.truncated:
-            out.failed.append((str(job.src), truncation_reason(report)))
+            out.failed.append((str(job.src), _naming(job.src, truncation_reason(report))))
         emit("film_done", {"report": report})
     return out
 
@@ -587,11 +654,11 @@ def _on_ray(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig, emit, out: Video
     def on_result(key: str, report: VideoReport) -> None:
         out.reports.append(report)
         if report.truncated:
-            out.failed.append((key, truncation_reason(report)))
+            out.failed.append((key, _naming(key, truncation_reason(report))))
         emit("film_done", {"report": report})
 
     def on_failure(key: str, reason: str) -> None:
-        out.failed.append((key, reason))
+        out.failed.append((key, _naming(key, reason)))
         emit("film_failed", {"source": key, "reason": reason})
 
     emit("films", {"total": len(plan.jobs)})  # on a cluster, progress is counted in films

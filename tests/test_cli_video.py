@@ -130,9 +130,12 @@ def test_rerun_skips_finished_films_and_shards_split_a_folder(tmp_path, make_cli
     # Shard 1 added only its own films to shard 0's; together: every film exactly once.
     assert set(got[0]) < set(got[1]) and got[1] == [f"f{i}.colour.mp4" for i in range(4)]
     stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    (out / "f2.colour.mp4").unlink()  # as if a killed run had not finished it
+    (out / "f2.colour.mp4").unlink()  # as if a killed run had not finished it...
+    from colourbatch.files import temp_path
+    temp_path(out / "f2.colour.mp4").write_bytes(b"half a film")  # ...and had left its temporary file
     res = invoke(films, "-o", out, "--quiet")
     assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [f"f{i}.colour.mp4" for i in range(4)]
     assert "3 film(s) skipped" in res.stdout and "f2.mp4 -> " in res.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != "f2.colour.mp4"} == \
         {k: v for k, v in stamp.items() if k != "f2.colour.mp4"}
@@ -141,3 +144,14 @@ def test_rerun_skips_finished_films_and_shards_split_a_folder(tmp_path, make_cli
 def test_bad_shard_is_a_usage_error(make_clip, invoke):
     res = invoke(make_clip("a.mp4"), "--shard", "2/2")
     assert res.exit_code == 2 and "need 0 <= I < N" in res.stderr
+
+
+def test_a_shard_from_the_environment_says_so(make_clip, invoke, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLOURBATCH_SHARD", "1/7")
+    films = tmp_path / "films"
+    films.mkdir()
+    make_clip("films/a.mp4")
+    res = invoke(films, "-o", tmp_path / "out", "--quiet")
+    assert res.exit_code == 0, res.output
+    mine = sum(1 for p in (tmp_path / "out").glob("*.mp4")) if (tmp_path / "out").exists() else 0
+    assert f"note: shard 1/7: {mine} of 1 films are this shard's" in res.stdout

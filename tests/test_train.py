@@ -201,7 +201,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(kaggle_dir, tmp_path, monke
         train(_cfg([kaggle_dir], out, steps=4, resume=str(tmp_path / "keep.pt.ckpt")), None)
     assert err.value.exit_code == 1 and "\n" not in str(err.value)
     assert (tmp_path / "keep.pt.ckpt").read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if files.is_temp(p)]
+    assert not [p for p in tmp_path.iterdir() if files.temp_target(p)]
 
 
 def test_train_out_on_a_full_disk_is_one_line(kaggle_dir, tmp_path):

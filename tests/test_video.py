@@ -436,3 +436,21 @@ def test_film_in_a_read_only_folder_is_listed_not_fatal(tmp_path, make_clip, no_
     plan = video.plan_videos([locked, good], None, VideoConfig())
     assert [j.src for j in plan.jobs] == [good]
     assert plan.failed == [(str(locked), f"{ro}: output folder is not writable")]
+
+
+def test_folders_are_searched_recursively_and_mirrored(tmp_path, make_clip, no_model):
+    import os
+    films = tmp_path / "films"
+    (films / "reel1").mkdir(parents=True)
+    make_clip("films/top.mp4", frames=2)
+    make_clip("films/reel1/inner.mkv", frames=2)
+    make_clip("films/top.colour.mp4", frames=2)  # our own output beside its input: passed over, said
+    os.mkfifo(films / "reel1" / "pipe.mp4")
+    (films / "link").symlink_to(films / "reel1")
+    plan = video.plan_videos([films], tmp_path / "out", VideoConfig())
+    assert [(j.src.relative_to(films).as_posix(), j.dst.relative_to(tmp_path / "out").as_posix())
+            for j in plan.jobs] == [("top.mp4", "top.colour.mp4"), ("reel1/inner.mkv", "reel1/inner.colour.mp4")]
+    assert [(Path(s).name, "not a regular file" in why) for s, why in plan.failed] == [("pipe.mp4", True)]
+    assert any("folder symlink not followed" in n for n in plan.notes)
+    assert any("1 file(s) named like colourbatch outputs" in n for n in plan.notes)
+    assert plan.jobs[1].make_folder  # reel1/ under out/ does not exist yet: the run makes it
