@@ -17,6 +17,7 @@ import contextlib
 import os
 import secrets
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -114,6 +115,51 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass
+class Walk:
+    """What walk() found under a folder."""
+
+    files: list[Path] = field(default_factory=list)     # everything that is not a folder, in order
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # folders that could not be listed
+    linked_folders: list[Path] = field(default_factory=list)          # folder symlinks, not followed
+
+
+def walk(folder: str | os.PathLike) -> Walk:
+    """Every non-folder entry under `folder`, depth-first in sorted order.
+
+    Hidden files and folders (our temporaries and staging) are passed over;
+    folder symlinks are not followed (one may point back up the tree, or out
+    of it) but reported; so are folders that cannot be listed. Entries are not
+    checked to be regular files: callers refuse the others with their reason.
+    """
+    out, stack = Walk(), [Path(folder)]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            out.unreadable.append((d, f"cannot read folder ({exc.strerror or exc})"))
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            p = Path(e.path)
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    subdirs.append(p)
+                    continue
+                if e.is_symlink() and e.is_dir():
+                    out.linked_folders.append(p)
+                    continue
+            except OSError:
+                pass  # a broken link or a race: the caller's file checks answer for it
+            out.files.append(p)
+        stack.extend(reversed(subdirs))
+    return out
 
 
 class NotAFile(InputError):

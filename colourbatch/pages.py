@@ -260,43 +260,22 @@ def _check_member_names(members: list[tuple[str, str | None]], out_ext: str | No
 
 
 def _find_pages(folder: Path, plan: Plan) -> list[Path]:
-    """Page and archive files under `folder`, in sorted depth-first order.
+    """Page and archive files under `folder` (files.walk: sorted, depth-first).
 
-    Unreadable folders become failures and folder symlinks notes (not followed:
-    a link may point back up the tree, or out of it). Other pictures that are
-    not pages (NOT_PAGES) become failures with their reason.
+    Unreadable folders become failures and folder symlinks notes. Other
+    pictures that are not pages (NOT_PAGES) become failures with their reason.
     """
-    found: list[Path] = []
-    stack = [folder]
-    while stack:
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            plan.failed.append((str(d), f"cannot read folder ({exc.strerror or exc})"))
-            continue
-        subdirs = []
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            p = Path(e.path)
-            try:
-                if e.is_dir(follow_symlinks=False):
-                    subdirs.append(p)
-                    continue
-                if e.is_symlink() and e.is_dir():
-                    plan.notes.append(f"{p}: folder symlink not followed")
-                    continue
-            except OSError:
-                pass  # a broken link or a race: check_regular answers for it below
-            ext = p.suffix.lower()
-            if ext in NOT_PAGES:
-                plan.failed.append((str(p), NOT_PAGES[ext]))
-            elif ext in PAGE_EXTS + ARCHIVE_EXTS:
-                found.append(p)
-        stack.extend(reversed(subdirs))
-    return found
+    found = files.walk(folder)
+    plan.failed += [(str(d), why) for d, why in found.unreadable]
+    plan.notes += [f"{d}: folder symlink not followed" for d in found.linked_folders]
+    pages = []
+    for p in found.files:
+        ext = p.suffix.lower()
+        if ext in NOT_PAGES:
+            plan.failed.append((str(p), NOT_PAGES[ext]))
+        elif ext in PAGE_EXTS + ARCHIVE_EXTS:
+            pages.append(p)
+    return pages
 
 
 def _inside(child: Path, parent: Path) -> bool:

@@ -145,32 +145,19 @@ def find_videos(folder: str | os.PathLike, plan: VideoPlan | None = None) -> lis
     """
     tags = tuple(f".{t}" for t in OUTPUT_TAGS.values())
     plan = plan if plan is not None else VideoPlan()
-    found, ours, stack = [], 0, [Path(folder)]
-    while stack:
-        d = stack.pop()
-        try:
-            with os.scandir(d) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            plan.failed.append((str(d), f"{d}: cannot read folder ({exc.strerror or exc})"))
+    walked = files.walk(folder)
+    plan.failed += [(str(d), f"{d}: {why}") for d, why in walked.unreadable]
+    plan.notes += [f"{d}: folder symlink not followed" for d in walked.linked_folders]
+    found, ours = [], 0
+    for p in walked.files:
+        if p.suffix.lower() not in VIDEO_EXTS:
             continue
-        subdirs = []
-        for e in entries:
-            p = Path(e.path)
-            if e.name.startswith("."):
-                continue
-            if e.is_dir(follow_symlinks=False):
-                subdirs.append(p)
-            elif e.is_symlink() and p.is_dir():
-                plan.notes.append(f"{p}: folder symlink not followed")
-            elif p.suffix.lower() in VIDEO_EXTS:
-                if p.stem.endswith(tags):
-                    ours += 1
-                elif not e.is_file():
-                    plan.failed.append((str(p), f"{p}: not a regular file (a FIFO, device or broken link)"))
-                else:
-                    found.append(p)
-        stack.extend(reversed(subdirs))
+        if p.stem.endswith(tags):
+            ours += 1
+        elif not p.is_file():
+            plan.failed.append((str(p), f"{p}: not a regular file (a FIFO, device or broken link)"))
+        else:
+            found.append(p)
     if ours:
         plan.notes.append(f"{folder}: {ours} file(s) named like colourbatch outputs (*.colour.mp4, "
                           "*.compare.mp4) passed over")
