@@ -80,7 +80,7 @@ def films(count: int, seconds: float, weights: str | None) -> None:
             out.mkdir()
             plan = plan_videos([src], out, vcfg)
             run = RunConfig(weights=weights, workers=1, batch_size=16,
-                            ray="local" if ray_cpus else None)
+                            ray=bool(ray_cpus))
             start = time.perf_counter()
             if ray_cpus:
                 os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread per worker: no oversubscription

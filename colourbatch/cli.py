@@ -71,10 +71,11 @@ def run_options(f):
                     "across machines [default: from COLOURBATCH_SHARD, SLURM array, torchrun or "
                     "Kubernetes indexed-Job variables when set, else everything].",
                callback=_check_shard),
-        option(R, "ray", is_flag=False, flag_value="local", metavar="[ADDRESS]",
-               help="Run each film or page file/archive as a task on a Ray cluster: ADDRESS "
-                    "(e.g. ray://head:10001 or auto), or a local Ray instance when none is given. "
-                    'Needs pip install "colourbatch[ray]".'),
+        option(R, "ray", is_flag=True,
+               help="Run each film or page file/archive as a task on Ray: a local Ray instance, or the "
+                    'cluster --ray-address names. Needs pip install "colourbatch[ray]".'),
+        option(R, "ray_address", metavar="ADDRESS",
+               help="The Ray cluster to use (e.g. ray://head:10001, or auto from a node of it); implies --ray."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar; only errors and the final line."),
     ]
     for opt in reversed(options):

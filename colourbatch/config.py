@@ -43,7 +43,8 @@ class RunConfig:
     workers: int = 2               # DataLoader processes decoding and converting inputs ahead of the model
     temperature: float | None = None  # annealed-mean T for the default model; None = the weights' own
     shard: str | None = None       # "I/N": only this shard of the inputs; None = the scheduler's environment, else all
-    ray: str | None = None         # run each input as a Ray task: "local" or a cluster address; None = in this process
+    ray: bool = False              # run each input as a task on a Ray cluster instead of in this process
+    ray_address: str | None = None  # that cluster's address (implies ray); None = a local Ray instance
 
 
 @dataclass

@@ -671,14 +671,14 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
     pipeline.PipelineError when the model cannot be loaded, data.WorkerError
     (exit 1) when a reading worker dies; finished pages are kept and a re-run
     resumes. `run.shard` (or the scheduler's environment) restricts the run to
-    one shard of the inputs; `run.ray` runs each page file or archive as a
+    one shard of the inputs; `run.ray` (or `run.ray_address`) runs each page file or archive as a
     task on a Ray cluster instead of in this process.
     """
     t0 = time.monotonic()
     emit = on_progress or (lambda kind, info: None)
     plan = plan_pages(inputs, pcfg.out, pcfg.fmt, pcfg.overwrite, resolve_shard(run.shard))
     emit("start", {"total": len(plan.jobs), "skipped": len(plan.skipped)})
-    if run.ray:
+    if run.ray or run.ray_address:
         report = _run_on_ray(plan, pcfg, run, emit)
     else:
         report = run_plan(plan, pcfg, run, emit)

@@ -96,7 +96,8 @@ class _EngineWorker:
 
 def on_ray(items: list[tuple[str, Any]], run: RunConfig, work: Callable[[Any, Colouriser], Any],
            on_result: Callable[[str, Any], None], on_failure: Callable[[str, str], None]) -> None:
-    """Run `work(payload, engine)` for each (key, payload) as a task on the Ray cluster `run.ray`.
+    """Run `work(payload, engine)` for each (key, payload) as a task on Ray (`run.ray_address`,
+    or a local instance).
 
     Each Ray worker loads the model once (cluster.run_units balances the
     items over the workers, redoes those whose worker died, isolates
@@ -115,4 +116,6 @@ def on_ray(items: list[tuple[str, Any]], run: RunConfig, work: Callable[[Any, Co
             on_failure(info["key"], info["reason"])
 
     run_units([Unit(key, payload) for key, payload in items], partial(_EngineWorker, run, work),
-              address=None if run.ray == "local" else run.ray, on_event=on_unit)
+              address=run.ray_address, on_event=on_unit,
+              # A CPU run reserves no GPU, even on a cluster that has them.
+              gpus_per_worker=0 if run.device == "cpu" else None)

@@ -205,7 +205,7 @@ def plan_videos(inputs: Sequence[str | os.PathLike], output: str | os.PathLike |
             for src, key in zip(sources, keys)]
     _check_collisions(sources, dsts)
     for suffix in sorted({d.suffix.lower() for d in dsts}):
-        media.check_settings(cfg, Path(f"out{suffix}") if suffix else dsts[0])
+        media.check_settings(cfg, next(d for d in dsts if d.suffix.lower() == suffix))
     if shard is not None:
         mine = sum(shard.owns(key) for key in keys)
         plan.notes.append(f"shard {shard}: {mine} of {len(keys)} films are this shard's")
@@ -583,7 +583,7 @@ def _naming(src: str | os.PathLike, reason: BaseException | str) -> str:
 def colour_films(inputs: Sequence[str | os.PathLike], output: str | os.PathLike | None, vcfg: VideoConfig,
                  run: RunConfig, on_event: Callable[[str, dict], None] | None = None) -> VideosReport:
     """`colourbatch video`: plan every input (this shard's, from run.shard or the scheduler's
-    environment), then colour the plan here or on Ray (run.ray).
+    environment), then colour the plan here or on Ray (run.ray, run.ray_address).
 
     Refusals found by the plan leave as ("refused", {"source", "reason"}) events
     before any model loads, then colour_videos' events follow. Raises what
@@ -610,7 +610,7 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
     """
     emit = on_event or (lambda kind, info: None)
     out = VideosReport(refused=list(plan.failed), skipped=list(plan.skipped), notes=list(plan.notes))
-    if run.ray:
+    if run.ray or run.ray_address:
         return _on_ray(plan, run, vcfg, emit, out)
     for index, job in enumerate(plan.jobs):
         if colouriser is None:
