@@ -87,6 +87,7 @@ class VideoReport:
     frames_out: int = 0           # frames encoded (equals frames_in on success)
     frames_expected: int | None = None  # the container's count or duration x rate
     frames_lost: int = 0          # frames that did not decode (truncated or corrupt input)
+    frames_dropped: int = 0       # frames left out for a timestamp another frame holds (media.Decoder)
     duration: float = 0.0         # output duration, seconds
     seconds: float = 0.0          # wall-clock time of the run
     fps: float = 0.0              # processing speed, frames per second
@@ -305,7 +306,7 @@ class FrameStream(IterableDataset):
             yield _batch(ls, tiles, pts, grey)
         elif grey:
             yield _batch([], [], [], grey)
-        yield {"end": True, "decoded": dec.frames, "error": dec.error or ""}
+        yield {"end": True, "decoded": dec.frames, "dropped": dec.dropped, "error": dec.error or ""}
 
 
 def _batch(ls, tiles, pts, grey) -> dict:
@@ -486,6 +487,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
 
     report.frames_out = enc.frames
     report.decode_error = end_item.get("error") or None
+    report.frames_dropped = int(end_item.get("dropped", 0))
     # Cut short? Compare where the last frame ends with where the film (or the part) should end.
     frame_s = float(1 / info.fps)
     shortfall = 0.0

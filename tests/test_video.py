@@ -436,3 +436,19 @@ def test_film_in_a_read_only_folder_is_listed_not_fatal(tmp_path, make_clip, no_
     plan = video.plan_videos([locked, good], None, VideoConfig())
     assert [j.src for j in plan.jobs] == [good]
     assert plan.failed == [(str(locked), f"{ro}: output folder is not writable")]
+
+
+def test_frames_out_of_pts_order_come_out_in_presentation_order(tmp_path, run):
+    from test_media import _mux_out_of_order
+
+    src = [0, 101, 67, 134, 34, 168]
+    clip = _mux_out_of_order(tmp_path / "phone.mkv", src)
+    dst = tmp_path / "phone.out.mkv"
+    rep = colour_video(clip, dst, run, VideoConfig(codec="ffv1"))
+    assert rep.ok and rep.frames_out == len(src) and rep.frames_dropped == 0
+    frames, *_ = streams(dst)
+    assert [round(f.time * 1000) for f in frames] == sorted(src)
+    # frame i of the source is a flat grey of level 40 i: the lightness shows the order kept
+    grey_l = [int(colour.rgb_to_l(np.full((1, 1, 3), 40 * src.index(p), np.uint8))[0, 0]) for p in sorted(src)]
+    levels = [colour.rgb_to_l(f.to_ndarray(format="rgb24")).mean() for f in frames]
+    assert levels == pytest.approx(grey_l, abs=1.5)
