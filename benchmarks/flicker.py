@@ -58,10 +58,8 @@ def make_clip(path: Path, width: int = 640, height: int = 360, fps: int = 25) ->
             m = cv2.getRotationMatrix2D((cx, cy), 0.0, zoom)
             m[:, 2] += (width / 2 - cx, height / 2 - cy)
             grey = cv2.warpAffine(pic, m, (width, height), flags=cv2.INTER_LINEAR)
-            for p in vs.encode(av.VideoFrame.from_ndarray(np.dstack([grey] * 3), format="rgb24")):
-                out.mux(p)
-    for p in vs.encode():
-        out.mux(p)
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(np.dstack([grey] * 3), format="rgb24")))
+    out.mux(vs.encode())
     out.close()
     return path
 

@@ -493,10 +493,8 @@ def _pan_and_cut(path, shots=((1, 9), (2, 6)), size=(96, 64)):
         pic = cv2.normalize(pic, None, 20, 235, cv2.NORM_MINMAX).astype(np.uint8)
         for i in range(frames):
             grey = np.ascontiguousarray(pic[i:i + h, 2 * i:2 * i + w])
-            for p in vs.encode(av.VideoFrame.from_ndarray(np.dstack([grey] * 3), format="rgb24")):
-                out.mux(p)
-    for p in vs.encode():
-        out.mux(p)
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(np.dstack([grey] * 3), format="rgb24")))
+    out.mux(vs.encode())
     out.close()
     return path
 
