@@ -11,7 +11,9 @@ a/b planes the engine already has (pure numpy/OpenCV, no torch, no PyAV):
   is also RATIO times the running average of the shot's recent scores, the
   adaptive test of PySceneDetect's AdaptiveDetector made causal (its window
   looks ahead; ours only back): a fast pan keeps its running average high, so
-  its steady scores are no cut. L, not HSV: a grey film has no hue to differ.
+  its steady scores are no cut, and a candidate that the previous frame moved
+  along the optical flow explains (a still camera starting to pan) is vetoed by
+  the caller that has the flow. L, not HSV: a grey film has no hue to differ.
 * `Stabiliser`: the video path's a/b after the model, frame by frame in
   display order: the previous frame's stabilised a/b warped onto the current
   frame along DIS optical flow between their L tiles, blended with the new
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -60,8 +63,13 @@ class CutDetector:
         self.score = 0.0      # the last frame's score
         self.cuts = 0         # cuts found so far
 
-    def update(self, l8: np.ndarray) -> bool:
-        """True when `l8` (uint8 L plane of any size) starts a new shot."""
+    def update(self, l8: np.ndarray, is_motion: Callable[[], bool] | None = None) -> bool:
+        """True when `l8` (uint8 L plane of any size) starts a new shot.
+
+        `is_motion`, when given, is asked about a frame that passes the score
+        test: True (the previous frame, moved along the optical flow, explains
+        this one) makes it no cut, as when a still camera starts a fast pan.
+        """
         thumb = cv2.resize(np.ascontiguousarray(l8), (CUT_SIZE, CUT_SIZE),
                            interpolation=cv2.INTER_AREA).astype(np.float32)
         spread = float(thumb.std())
@@ -74,7 +82,7 @@ class CutDetector:
         self.score = float(np.abs(z - prev).mean())
         average = sum(self.history) / len(self.history) if self.history else 0.0
         cut = (len(self.history) >= self.min_history and self.score >= self.min_score
-               and self.score >= self.ratio * average)
+               and self.score >= self.ratio * average and not (is_motion is not None and is_motion()))
         if cut:
             self.history.clear()  # the new shot's motion owes nothing to the old one's
             self.cuts += 1
@@ -95,6 +103,9 @@ FB_ABSOLUTE = 0.5
 #: Photometric error of the warped L (8-bit levels) at which the trust falls to 1/e: a lighting
 #: change or a mis-tracked edge lets the new prediction through.
 PHOTO_SIGMA = 12.0
+#: Mean trust (0..1) above which the previous frame, moved along the flow, explains the current
+#: one: a cut candidate that is really motion (a pan starting) is then no cut.
+MOTION_TRUST = 0.5
 
 
 def flow(dis, frm: np.ndarray, to: np.ndarray) -> np.ndarray:
@@ -137,6 +148,15 @@ def visibility(fwd: np.ndarray, bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return coords, ((gap < FB_RELATIVE * size + FB_ABSOLUTE) & inside).astype(np.float32)
 
 
+def track(dis, cur: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coords, visible, trust) of uint8 L planes `cur` and `prev` (same size): where each pixel
+    of `cur` lies in `prev` (DIS flow), the forward-backward visibility mask, and the trust
+    (0..1) in `prev` moved there: visible * exp(-(|cur - warp(prev)| / PHOTO_SIGMA)^2)."""
+    coords, visible = visibility(flow(dis, cur, prev), flow(dis, prev, cur))
+    photo = np.abs(cur.astype(np.float32) - warp(prev, coords).astype(np.float32))
+    return coords, visible, visible * np.exp(-(photo / PHOTO_SIGMA) ** 2)
+
+
 class Stabiliser:
     """a/b that holds still along motion: feed each film's frames in display order.
 
@@ -150,9 +170,10 @@ class Stabiliser:
 
     where warp follows DIS flow from tile t to tile t-1 and ab_t-1 is the
     previous frame's stabilised a/b (kept in float, so no rounding drifts).
-    A cut (its own CutDetector) or a flat frame starts afresh: ab_t is the
+    A cut (its own CutDetector, candidates vetoed where the mean trust is
+    MOTION_TRUST or more) or a flat frame starts afresh: ab_t is the
     prediction, exactly. strength 0 turns the blending off (cuts still
-    counted). Deterministic; state is the previous tile and a/b only.
+    counted, alike). Deterministic; state is the previous tile and a/b only.
     """
 
     def __init__(self, strength: float, detector: CutDetector | None = None):
@@ -160,9 +181,11 @@ class Stabiliser:
             raise ValueError(f"stability must be in [0, 1), not {strength!r}")
         self.strength = float(strength)
         self.detector = detector or CutDetector()
-        self.dis = cv2.DISOpticalFlow_create(FLOW_PRESET) if strength > 0 else None
+        # Also with strength 0: the flow tells a pan that starts from a cut (see CutDetector.update).
+        self.dis = cv2.DISOpticalFlow_create(FLOW_PRESET)
         self.prev_tile: np.ndarray | None = None
         self.prev_ab: np.ndarray | None = None  # (h, w, 2) float32, the last output
+        self._motion: tuple | None = None  # this frame's track() against the previous one
 
     @property
     def cuts(self) -> int:
@@ -176,27 +199,34 @@ class Stabiliser:
 
     def step(self, tile: np.ndarray, ab: np.ndarray) -> np.ndarray:
         """One frame: uint8 L tile (S, S) and predicted uint8 a/b (2, h, w) -> stabilised (2, h, w)."""
-        cut = self.detector.update(tile)
-        if self.dis is None:
+        tile = np.ascontiguousarray(tile)
+        self._motion = None
+        first = self.prev_tile is None
+        cut = self.detector.update(tile, None if first else lambda: self._explained(tile))
+        restart = first or cut or self.detector.flat
+        if self.strength == 0:
+            self.prev_tile = tile
             return ab
         pred = np.ascontiguousarray(ab.transpose(1, 2, 0), dtype=np.float32)
-        if cut or self.detector.flat or self.prev_tile is None:
-            new = pred
-        else:
-            new = self._blend(tile, pred)
-        self.prev_tile, self.prev_ab = np.ascontiguousarray(tile), new
+        new = pred if restart else self._blend(tile, pred)
+        self.prev_tile, self.prev_ab = tile, new
         return np.clip(np.rint(new), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
+    def _track(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._motion is None:  # once per frame: the cut check and the blend share it
+            self._motion = track(self.dis, tile, self.prev_tile)
+        return self._motion
+
+    def _explained(self, tile: np.ndarray) -> bool:
+        return float(self._track(tile)[2].mean()) >= MOTION_TRUST
+
     def _blend(self, tile: np.ndarray, pred: np.ndarray) -> np.ndarray:
-        fwd = flow(self.dis, tile, self.prev_tile)
-        bwd = flow(self.dis, self.prev_tile, tile)
-        coords, visible = visibility(fwd, bwd)
-        photo = np.abs(tile.astype(np.float32) - warp(self.prev_tile, coords).astype(np.float32))
-        trust = visible * np.exp(-(photo / PHOTO_SIGMA) ** 2)
+        coords, _, trust = self._track(tile)
         h, w = pred.shape[:2]
         if (h, w) != tile.shape:
             trust = cv2.resize(trust, (w, h), interpolation=cv2.INTER_AREA)
             scale = np.array([w / tile.shape[1], h / tile.shape[0]], np.float32)
+            fwd = coords - _grid(*tile.shape)
             coords = _grid(h, w) + cv2.resize(fwd, (w, h), interpolation=cv2.INTER_AREA) * scale
         carried = warp(self.prev_ab, coords)
         weight = (self.strength * trust)[..., None]
@@ -240,11 +270,17 @@ class WarpError:
         (any sizes; both are resized to `size`). Returns this pair's error, None when left out."""
         l_small = cv2.resize(np.ascontiguousarray(l8), self.size, interpolation=cv2.INTER_AREA)
         ab = cv2.resize(np.ascontiguousarray(ab8), self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
-        cut = self.detector.update(l_small)
+        tracked: list = []
+
+        def is_motion() -> bool:  # the pair's flow, computed once for the cut check and the error
+            tracked.append(track(self.dis, l_small, prev[0]))
+            return float(tracked[0][2].mean()) >= MOTION_TRUST
+
         prev, self.prev = self.prev, (l_small, ab)
+        cut = self.detector.update(l_small, None if prev is None else is_motion)
         if prev is None or cut:
             return None
-        coords, visible = visibility(flow(self.dis, l_small, prev[0]), flow(self.dis, prev[0], l_small))
+        coords, visible, _ = tracked[0] if tracked else track(self.dis, l_small, prev[0])
         seen = float(visible.sum())
         if seen == 0:
             return None

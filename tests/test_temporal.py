@@ -180,3 +180,18 @@ def test_visibility_leaves_out_inconsistent_flow_and_pixels_from_outside():
     assert visible[:, w - 5:].sum() == 0          # lands outside the previous frame
     assert visible[12:18, 17:23].sum() == 0       # lands on the inconsistent patch
     assert visible[30:, :w - 6].min() == 1 and visible[:8, :w - 6].min() == 1
+
+
+def test_a_still_camera_starting_a_fast_pan_is_no_cut_where_the_flow_explains_it():
+    a = scene(1)
+    frames = [crop(a, 0, 0)] * 6 + [crop(a, 12 * i, 3 * i) for i in range(1, 9)]
+    assert cuts_in(frames) == [6]  # the luma score alone takes the pan's start for a cut
+    ab = np.full((len(frames), 2, 56, 56), 128, np.uint8)
+    for strength in (0.8, 0.0):  # the same decision with the blending off
+        st = temporal.Stabiliser(strength)
+        st(np.stack(frames), ab)
+        assert st.cuts == 0
+    metric = temporal.WarpError(size=(224, 224))
+    for f in frames:
+        metric.add(f, ab[0].transpose(1, 2, 0))
+    assert metric.cuts == 0 and len(metric.errors) == len(frames) - 1
