@@ -535,3 +535,13 @@ def test_a_part_starts_the_stabiliser_afresh(tmp_path, tiny_l_weights):
 def test_stability_out_of_range_is_refused(value):
     with pytest.raises(ColourbatchError, match="--stability"):
         VideoConfig(stability=value)
+
+
+def test_a_duplicate_timestamp_is_dropped_and_reported(tmp_path, run):
+    from test_media import _mux_out_of_order
+
+    clip = _mux_out_of_order(tmp_path / "dup.mkv", [0, 67, 34, 67, 101])
+    rep = colour_video(clip, tmp_path / "dup.out.mkv", run, VideoConfig(codec="ffv1"))
+    assert rep.ok and rep.frames_out == 4 and rep.frames_dropped == 1
+    frames, *_ = streams(tmp_path / "dup.out.mkv")
+    assert [round(f.time * 1000) for f in frames] == [0, 34, 67, 101]
