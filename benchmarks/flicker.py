@@ -3,9 +3,9 @@
 Colours a film with the shipped weights through the library (video.colour_video,
 lossless FFV1 output so the encoder adds no chroma noise), once with
 `--stability` on and once off, then measures each output's warp error
-(temporal.WarpError: Lai et al., ECCV 2018; DIS flow on the source's L at
-320x180, occluded pixels and pairs across a cut left out; mean |delta a/b| in
-LAB units) and prints the ratio, with each run's frames/s and the stabiliser's
+(evaluate.evaluate_video: temporal.WarpError, Lai et al., ECCV 2018; DIS flow
+on the source's L at 320x180, occluded pixels and pairs across a cut left out;
+mean |delta a/b| in LAB units) and colourfulness, and prints the ratio, with each run's frames/s and the stabiliser's
 own cost per frame.
 
 Without --input it makes its own clip: a textured grey picture panned and
@@ -64,28 +64,14 @@ def make_clip(path: Path, width: int = 640, height: int = 360, fps: int = 25) ->
     return path
 
 
-def frames_of(path: Path, limit: int | None = None):
+def frames_of(path: Path, limit: int):
     import av
 
     with av.open(str(path)) as c:
         for i, f in enumerate(c.decode(video=0)):
-            if limit is not None and i >= limit:
+            if i >= limit:
                 return
             yield f.to_ndarray(format="rgb24")
-
-
-def measure(src: Path, out: Path, frames: int) -> tuple[float, int, float]:
-    """(warp error of `out` against `src`'s L, pairs measured, mean colourfulness of `out`):
-    stability must not come from washing the colour out."""
-    from colourbatch import colour
-    from colourbatch.evaluate import colourfulness
-    from colourbatch.temporal import WarpError
-
-    metric, colourful = WarpError(), []
-    for rgb_src, rgb_out in zip(frames_of(src, frames), frames_of(out, frames)):
-        metric.add(colour.rgb_to_l(rgb_src), colour.rgb_to_lab(rgb_out)[..., 1:])
-        colourful.append(colourfulness(rgb_out))
-    return metric.value, len(metric.errors), float(np.mean(colourful))
 
 
 def stage_ms(src: Path, frames: int, stability: float, weights: str | None) -> tuple[float, float]:
@@ -120,6 +106,7 @@ def main() -> None:
 
     from colourbatch import media
     from colourbatch.config import VideoConfig
+    from colourbatch.evaluate import evaluate_video
     from colourbatch.pipeline import Colouriser, RunConfig
     from colourbatch.video import colour_video
 
@@ -140,10 +127,10 @@ def main() -> None:
             dst = tmp / f"out-{stability}.mkv"
             rep = colour_video(src, dst, run, VideoConfig(codec="ffv1", stability=stability, duration=duration),
                                colouriser=engine)
-            error, pairs, colourful = measure(Path(src), dst, rep.frames_out)
-            rows[stability] = error
-            print(f"{stability:>9.2f} {error:>10.3f} {error / rows[0.0]:>7.2f} {colourful:>9.2f} {rep.fps:>9.1f} "
-                  f"{pairs:>6} {rep.cuts:>5}")
+            score = evaluate_video(dst, src, limit=rep.frames_out)
+            rows[stability] = error = score.warp_error
+            print(f"{stability:>9.2f} {error:>10.3f} {error / rows[0.0]:>7.2f} {score.colourfulness:>9.2f} "
+                  f"{rep.fps:>9.1f} {score.pairs:>6} {rep.cuts:>5}")
         model, stab = stage_ms(Path(src), frames, on, args.weights)
         print(f"alone, ms a frame: model {model:.1f} ({engine.describe()['precision']}), "
               f"stabiliser {stab:.2f} (+{100 * stab / model:.0f} % of the model's time)")

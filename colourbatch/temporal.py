@@ -262,21 +262,25 @@ class WarpError:
         self.size = size
         self.dis = cv2.DISOpticalFlow_create(METRIC_PRESET)
         self.detector = CutDetector()
-        self.errors: list[float] = []
-        self.prev: tuple[np.ndarray, np.ndarray] | None = None
+        self.errors: list[float] = []              # the first a/b's error, pair by pair
+        self.stream_errors: list[list[float]] = []  # every a/b's (add's order), pair by pair
+        self.prev: tuple[np.ndarray, list[np.ndarray]] | None = None
 
-    def add(self, l8: np.ndarray, ab8: np.ndarray) -> float | None:
+    def add(self, l8: np.ndarray, ab8: np.ndarray, *more: np.ndarray) -> float | None:
         """Feed the next frame: the source's uint8 L (H, W) and the output's uint8 a/b (H', W', 2)
-        (any sizes; both are resized to `size`). Returns this pair's error, None when left out."""
+        (any sizes; both are resized to `size`); `more` a/b (another output, the source's own
+        colour) are measured along the same flow. Returns this pair's error of `ab8`, None
+        when the pair is left out."""
         l_small = cv2.resize(np.ascontiguousarray(l8), self.size, interpolation=cv2.INTER_AREA)
-        ab = cv2.resize(np.ascontiguousarray(ab8), self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        abs_ = [cv2.resize(np.ascontiguousarray(a), self.size, interpolation=cv2.INTER_AREA).astype(np.float32)
+                for a in (ab8,) + more]
         tracked: list = []
 
         def is_motion() -> bool:  # the pair's flow, computed once for the cut check and the error
             tracked.append(track(self.dis, l_small, prev[0]))
             return float(tracked[0][2].mean()) >= MOTION_TRUST
 
-        prev, self.prev = self.prev, (l_small, ab)
+        prev, self.prev = self.prev, (l_small, abs_)
         cut = self.detector.update(l_small, None if prev is None else is_motion)
         if prev is None or cut:
             return None
@@ -284,16 +288,23 @@ class WarpError:
         seen = float(visible.sum())
         if seen == 0:
             return None
-        delta = np.abs(ab - warp(prev[1], coords))
-        diff = 0.5 * (delta[..., 0] + delta[..., 1])
-        error = float((diff * visible).sum() / seen)
-        self.errors.append(error)
-        return error
+        if not self.stream_errors:
+            self.stream_errors = [[] for _ in abs_]
+        for ab, before, errors in zip(abs_, prev[1], self.stream_errors):
+            delta = np.abs(ab - warp(before, coords))
+            errors.append(float((0.5 * (delta[..., 0] + delta[..., 1]) * visible).sum() / seen))
+        self.errors.append(self.stream_errors[0][-1])
+        return self.errors[-1]
 
     @property
     def value(self) -> float:
-        """Mean over the pairs measured (NaN before any)."""
+        """Mean over the pairs measured of the first a/b's error (NaN before any)."""
         return float(np.mean(self.errors)) if self.errors else float("nan")
+
+    @property
+    def values(self) -> list[float]:
+        """Each a/b's mean error, in add's order."""
+        return [float(np.mean(e)) for e in self.stream_errors]
 
     @property
     def cuts(self) -> int:
