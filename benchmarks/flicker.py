@@ -12,6 +12,9 @@ Without --input it makes its own clip: a textured grey picture panned and
 zoomed by the camera for 48 frames, then a hard cut to another picture that
 pans the other way for 24 frames (640x360, 25 frames/s).
 
+A colour --input is coloured from its L; the source's own colour then gives
+the floor (its warp error), the colourfulness ratio and the a/b PSNR.
+
     python benchmarks/flicker.py [--input examples/video/chaplin.mp4 --frames 100]
                                  [--weights weights/default.pt] [--stability 0.8]
 """
@@ -121,7 +124,7 @@ def main() -> None:
         engine = Colouriser(run)  # loaded once: both runs' frames/s are the pipeline's alone
         print(f"{src} ({info.width}x{info.height}, {frames} frames), weights {args.weights or 'shipped'}")
         print(f"{'stability':>9} {'warp error':>10} {'vs off':>7} {'colourful':>9} {'frames/s':>9} {'pairs':>6} "
-              f"{'cuts':>5}")
+              f"{'cuts':>5}   against a colour source: its warp error, colourfulness ratio, a/b PSNR")
         rows = {}
         for stability in (0.0, on):
             dst = tmp / f"out-{stability}.mkv"
@@ -130,7 +133,10 @@ def main() -> None:
             score = evaluate_video(dst, src, limit=rep.frames_out)
             rows[stability] = error = score.warp_error
             print(f"{stability:>9.2f} {error:>10.3f} {error / rows[0.0]:>7.2f} {score.colourfulness:>9.2f} "
-                  f"{rep.fps:>9.1f} {score.pairs:>6} {rep.cuts:>5}")
+                  f"{rep.fps:>9.1f} {score.pairs:>6} {rep.cuts:>5}"
+                  + (f"   {score.source_warp_error:.3f} ({error / score.source_warp_error:.2f}x), "
+                     f"{score.colourfulness_ratio:.2f}, {score.psnr_ab:.2f} dB"
+                     if score.source_warp_error is not None else ""))
         model, stab = stage_ms(Path(src), frames, on, args.weights)
         print(f"alone, ms a frame: model {model:.1f} ({engine.describe()['precision']}), "
               f"stabiliser {stab:.2f} (+{100 * stab / model:.0f} % of the model's time)")

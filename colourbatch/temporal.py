@@ -92,10 +92,10 @@ class CutDetector:
 
 
 # ------------------------------------------------------------------ stabiliser
-#: DIS preset for the stabiliser's flow between 224 tiles: ULTRAFAST costs 0.5 ms a flow on one
-#: core here (FAST 1.0 ms) and left the warp error within 5 % of FAST's (benchmarks/flicker.py on
-#: chaplin.mp4: 0.53 vs 0.51 LAB units; synthetic pan/zoom 0.66 both). Two flows a frame.
-FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST
+#: DIS preset for the stabiliser's flow between 224 tiles: FAST costs 1.0 ms a flow on one core
+#: here (ULTRAFAST 0.5 ms) and tracks fast motion better: warp error vs off 0.46 against 0.51 on
+#: bikes.mp4, 0.44 against 0.46 on chaplin.mp4 (benchmarks/RESULTS-flicker.md). Two flows a frame.
+FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_FAST
 #: Forward-backward consistency (Sundaram et al. 2010): a pixel is visible in both frames when
 #: |f + b|^2 < FB_RELATIVE (|f|^2 + |b|^2) + FB_ABSOLUTE (pixels^2).
 FB_RELATIVE = 0.01
