@@ -312,6 +312,9 @@ def _time(ctx, param, value):
 @option(V, "end", callback=_time, metavar="TIME", help="Stop at this time.")
 @option(V, "duration", callback=_time, metavar="TIME", help="Colour this long from --start (instead of --end).")
 @option(V, "compare", is_flag=True, help="Write grey | colour side by side (default name <name>.compare.mp4).")
+@option(V, "stability", type=click.FloatRange(0, 1, max_open=True),
+        help="Hold colour still along the motion: weight of the previous frame's colour where it is "
+             "tracked (reset at scene cuts); 0 = each frame on its own.")
 @run_options
 @click.pass_context
 def video(ctx, inputs, output, quiet, **values):
@@ -710,6 +713,9 @@ def _video_notes(r) -> list[str]:
         notes.append("silent")
     if r.subtitles:
         notes.append(f"{r.subtitles} subtitle stream(s)")
+    notes.append(f"{r.cuts} scene cut(s)")
+    if r.frames_dropped:
+        notes.append(f"{r.frames_dropped} frame(s) with a repeated or out-of-order timestamp dropped")
     if r.truncated:
         notes.append(f"TRUNCATED input: {r.frames_lost} frame(s) lost")
     return notes + list(r.warnings)

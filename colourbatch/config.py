@@ -101,6 +101,7 @@ class VideoConfig(EncodeSettings):
     overwrite: bool = False        # replace an existing output file
     queue_batches: int = 2         # model->writer queue depth in batches: bounds memory, enough to overlap
     grey_samples: int = 5          # frames sampled (spread over the film) for grey detection
+    stability: float = 0.8         # blend weight of the motion-warped previous colour where the warp is trusted; 0 = off (per-frame colour crawls)
 
     def __post_init__(self) -> None:
         for name in ("start", "end", "duration"):
@@ -109,6 +110,8 @@ class VideoConfig(EncodeSettings):
                 raise BadTime(f"--{name} must be a time of 0 seconds or more, not {value!r}")
         if self.end is not None and self.duration is not None:
             raise BadTime("give --end or --duration, not both")
+        if not (isinstance(self.stability, (int, float)) and 0 <= self.stability < 1):
+            raise UsageError(f"--stability must be at least 0 and below 1, not {self.stability!r}")
         stop = self.stop
         if stop is not None and stop <= (self.start or 0):
             raise BadTime(f"--end ({stop:g}s) must be after --start ({self.start or 0:g}s)")

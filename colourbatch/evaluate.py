@@ -18,15 +18,20 @@ LAB of the same size, and accumulate over a set of pictures:
   al.'s), each bin's accuracy curve averaged, then bins averaged equally
   (each pixel weighted by the inverse frequency of its bin over the set).
 * ``l_error``: mean |L_pred - L_true| on 0..255 (the pipeline must keep L).
+* ``warp_error`` (films): Lai et al.'s warp error, temporal.WarpError: mean
+  |delta a/b| in LAB units between each frame and the previous one moved onto
+  it along the source's optical flow, occluded pixels and cut pairs left out.
 
 `evaluate_set` scores models on a split from data.split_dataset (the very split
 training held out), loading them through the engine's pipeline.load_weights
-and pipeline.open_device, or scores folders of finished pictures.
+and pipeline.open_device, or scores folders of finished pictures;
+`evaluate_video` scores a coloured film against its source.
 """
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +39,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import colour, files
+from . import colour, files, media
 from .config import VAL_FRACTION, EvalConfig
 from .data import (ImageError, list_images, make_loader, read_colour_image,
                    split_dataset)
@@ -42,6 +47,7 @@ from .device import autocast, prepare_model
 from .errors import ColourbatchError, one_line
 from .model import model_config, predict_ab8
 from .pipeline import load_weights, open_device
+from .temporal import WarpError
 
 AUC_MAX = 150   # Zhang et al. integrate the accuracy curve over thresholds 0..150
 AUC_BIN = 10    # a/b bin size for the rebalanced AuC
@@ -419,3 +425,55 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     if not ok:
         raise EvalError(f"{path}: could not encode the contact sheet")
     return files.write_bytes(path, buf.tobytes())
+
+
+# ------------------------------------------------------------------- films
+@dataclass
+class VideoScore:
+    """How a coloured film holds still and how colourful it is, against its source."""
+
+    frames: int                      # frame pairs (output, source) compared
+    pairs: int                       # consecutive pairs the warp error measured (cut pairs left out)
+    cuts: int                        # scene cuts found in the source
+    warp_error: float                # the output's warp error (temporal.WarpError), LAB units
+    source_warp_error: float | None  # the source's own colour's: the floor (None: a grey source)
+    colourfulness: float             # mean Hasler & Suesstrunk M of the output's frames
+    colourfulness_ratio: float | None  # ... divided by the source's (None: a grey source)
+    psnr_ab: float | None            # PSNR of the output's 8-bit a/b against the source's (None: grey)
+
+
+def evaluate_video(coloured: str | os.PathLike, source: str | os.PathLike,
+                   limit: int | None = None) -> VideoScore:
+    """Score a coloured film against its source, frame i against frame i in presentation order
+    (the first `limit` frames; the output must cover the source from its start).
+
+    The warp error follows the motion of the source's L (temporal.WarpError);
+    when the source is in colour (every sampled frame has colour), its own a/b
+    get the same measurement, which is the floor an output can reach, and the
+    output's colourfulness ratio and a/b PSNR are computed against it.
+    MediaError (exit 1) when either film cannot be read.
+    """
+    metric = WarpError()
+    colourful, src_colourful, psnrs, grey = [], [], [], []
+    frames = 0
+    for (out_rgb, _), (src_rgb, _) in zip(media.Decoder(coloured), media.Decoder(source)):
+        if limit is not None and frames >= limit:
+            break
+        src_lab = colour.rgb_to_lab(src_rgb)
+        out_lab = colour.rgb_to_lab(out_rgb)
+        if src_lab.shape != out_lab.shape:
+            src_lab = cv2.resize(src_lab, out_lab.shape[1::-1], interpolation=cv2.INTER_AREA)
+        metric.add(src_lab[..., 0], out_lab[..., 1:], src_lab[..., 1:])  # one flow for both
+        colourful.append(colourfulness(out_rgb))
+        src_colourful.append(colourfulness(src_rgb))
+        psnrs.append(psnr(out_lab[..., 1:], src_lab[..., 1:]))
+        if frames % 25 == 0:  # a sample, as the video path's grey detection
+            grey.append(colour.is_greyscale(src_rgb))
+        frames += 1
+    if not frames:
+        raise EvalError(f"{coloured}: no frame to compare with {source}")
+    in_colour = not all(grey)
+    return VideoScore(frames, len(metric.errors), metric.cuts, metric.value,
+                      metric.values[1] if in_colour and metric.errors else None, float(np.mean(colourful)),
+                      float(np.mean(colourful) / max(np.mean(src_colourful), 1e-9)) if in_colour else None,
+                      float(np.mean(psnrs)) if in_colour else None)

@@ -13,6 +13,7 @@ reach the user through the one-line errors instead.
 """
 from __future__ import annotations
 
+import heapq
 import io
 import math
 import os
@@ -29,6 +30,9 @@ from . import files
 from .config import EncodeSettings
 from .errors import ColourbatchError, InputError, one_line
 
+#: Decoded frames held to put them in presentation order: more than any codec's reordering
+#: delay (H.264/HEVC keep at most 16 frames), so only a broken stream can overrun it.
+REORDER_WINDOW = 16
 #: Fallback frame rate when a stream states none at all (rare, broken files).
 FALLBACK_FPS = Fraction(25)
 #: Metadata keys the muxer writes itself; copying them would claim the wrong tool.
@@ -203,13 +207,25 @@ def _first_frame(c, vs, path, tries: int = 64):
 
 # --------------------------------------------------------------------------- decode
 class Decoder:
-    """Iterate (rgb uint8 (H, W, 3), pts) over the video stream, optionally a [start, end) part.
+    """Iterate (rgb uint8 (H, W, 3), pts) over the video stream in presentation order,
+    optionally a [start, end) part.
 
-    Timestamps are the stream's own (in `time_base`), made strictly increasing
-    where a broken file repeats or omits them, so the encoder never drops or
-    refuses a frame. Decode errors never escape mid-stream: a bad packet is
-    skipped, a cut-off file ends the iteration with what decoded, and the last
-    FFmpeg reason is kept in `error` for the report.
+    Timestamps are the stream's own (in `time_base`). A decoder may hand frames
+    out in an order whose timestamps go backwards (a phone's VFR clip: 0,
+    101000, 67000, 134000, 34000...), so frames pass through a reorder window
+    of REORDER_WINDOW frames (a heap on pts) and leave sorted: the output holds
+    exactly the source's timestamps, each frame at its own. Two rules keep the
+    pts strictly increasing, which encoders require:
+
+    * a frame whose pts equals one already taken (an exact duplicate), or that
+      comes later than the window can reorder (its pts is below a frame already
+      yielded), is dropped and counted in `dropped`: a player shows one picture
+      per timestamp, and moving the frame to an invented time would misplace it;
+    * a frame with no pts gets the largest seen so far plus one nominal frame.
+
+    Decode errors never escape mid-stream: a bad packet is skipped, a cut-off
+    file ends the iteration with what decoded, and the last FFmpeg reason is
+    kept in `error` for the report.
     """
 
     def __init__(self, path: str | os.PathLike, start: float | None = None, end: float | None = None,
@@ -218,7 +234,8 @@ class Decoder:
         self.path, self.start, self.end, self.size = str(path), start, end, size
         self.origin = origin
         self.error: str | None = None
-        self.frames = 0
+        self.frames = 0      # frames yielded
+        self.dropped = 0     # frames dropped: duplicate timestamps, or too late to reorder
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         with open_input(self.path) as c:
@@ -233,19 +250,14 @@ class Decoder:
                     c.seek(int((self.start + self.origin) / tb), stream=vs, backward=True)  # to the keyframe before
                 except av.FFmpegError:
                     pass  # unseekable: decode from the top and skip frames below start
-            last = None
             w, h = self.size or (None, None)
             try:
-                for frame in self._frames(c, vs):
-                    pts = frame.pts if frame.pts is not None else (last + step if last is not None else 0)
+                for frame, pts in self._in_order(self._frames(c, vs), step):
                     t = pts * tb - self.origin
                     if self.start is not None and t < self.start - 1e-6:
                         continue
                     if self.end is not None and t >= self.end - 1e-6:
-                        break
-                    if last is not None and pts <= last:
-                        pts = last + 1  # strictly increasing, or encoders refuse the frame
-                    last = pts
+                        break  # frames leave sorted: every later one is past the end too
                     # Scale to the first frame's size should the stream change resolution mid-way.
                     rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
                     if self.size is None:
@@ -254,6 +266,33 @@ class Decoder:
                     yield rgb, pts
             except av.FFmpegError as exc:
                 self.error = ffmpeg_reason(exc)
+
+    def _in_order(self, frames, step: int):
+        """(frame, pts) sorted by pts through a heap of REORDER_WINDOW decoded frames.
+
+        The heap holds decoded frames (in the codec's own pixel format, a
+        quarter of RGB's size for 4:2:0), not RGB. Ties between equal pts keep
+        decode order (the sequence number), so the first of two duplicates wins.
+        """
+        heap: list[tuple[int, int, Any]] = []
+        top = None      # largest pts seen: where a frame without one goes
+        out = None      # last pts yielded
+        taken: set[int] = set()  # pts in the window, to drop exact duplicates on arrival
+        for seq, frame in enumerate(frames):
+            pts = frame.pts if frame.pts is not None else (top + step if top is not None else 0)
+            if pts in taken or (out is not None and pts <= out):
+                self.dropped += 1
+                continue
+            top = pts if top is None else max(top, pts)
+            taken.add(pts)
+            heapq.heappush(heap, (pts, seq, frame))
+            if len(heap) > REORDER_WINDOW:
+                out, _, first = heapq.heappop(heap)
+                taken.discard(out)
+                yield first, out
+        while heap:
+            out, _, first = heapq.heappop(heap)
+            yield first, out
 
     def _frames(self, c, vs):
         """Decoded frames; a bad packet is skipped (its frame is lost) rather than ending the film,

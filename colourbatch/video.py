@@ -15,7 +15,10 @@ overlapping stages of `colour_job`:
    bounds to avoid decoding frames twice, so `workers` is capped at 1 (0 =
    decode in the main process, for debugging);
 2. the main process runs the model on each batch (pipeline.Colouriser.predict:
-   one host transfer per batch);
+   one host transfer per batch), then temporal.Stabiliser holds the low-resolution
+   a/b still along the motion between consecutive L tiles, carrying its state
+   (the previous tile and a/b) from batch to batch in display order, and counts
+   the scene cuts where it starts afresh;
 3. a writer thread merges a/b with each frame's own L (colour.merge_l_ab) and
    encodes/muxes it (media.Encoder, with carry.Carrier bringing the audio and
    subtitles along), fed through a bounded queue.
@@ -46,7 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from . import colour, files, media
+from . import colour, files, media, temporal
 from .carry import Carrier
 from .data import make_loader
 from .errors import ColourbatchError, InputError, WriteError, one_line
@@ -87,6 +90,8 @@ class VideoReport:
     frames_out: int = 0           # frames encoded (equals frames_in on success)
     frames_expected: int | None = None  # the container's count or duration x rate
     frames_lost: int = 0          # frames that did not decode (truncated or corrupt input)
+    frames_dropped: int = 0       # frames left out for a timestamp another frame holds (media.Decoder)
+    cuts: int = 0                 # scene cuts found (the colour stabiliser starts afresh at each)
     duration: float = 0.0         # output duration, seconds
     seconds: float = 0.0          # wall-clock time of the run
     fps: float = 0.0              # processing speed, frames per second
@@ -330,7 +335,7 @@ class FrameStream(IterableDataset):
             yield _batch(ls, tiles, pts, grey)
         elif grey:
             yield _batch([], [], [], grey)
-        yield {"end": True, "decoded": dec.frames, "error": dec.error or ""}
+        yield {"end": True, "decoded": dec.frames, "dropped": dec.dropped, "error": dec.error or ""}
 
 
 def _batch(ls, tiles, pts, grey) -> dict:
@@ -461,6 +466,8 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
     greys: list[bool] = []
     carried = Carrier(info, start, end)
     files.remove_stale_temps([dst])  # what a killed earlier run of this film left
+    # A fresh state per film and per part: --start begins a shot of its own.
+    stabiliser = temporal.Stabiliser(vcfg.stability)
     with files.atomic_output(dst, make_parents=job.make_folder) as tmp:
         try:
             workers = min(run.workers, 1)
@@ -486,7 +493,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
                     tiles = item["tiles"]
                     if colouriser.pin:
                         tiles = tiles.pin_memory()  # only the small tiles: the full-res L stays on the host
-                    ab = colouriser.predict(tiles)
+                    ab = stabiliser(item["tiles"][:, 0].numpy(), colouriser.predict(tiles))
                     writer.put((item["l"].numpy(), ab, item["pts"].numpy()))
             finally:
                 it = None  # shuts the decode worker down, also on Ctrl-C
@@ -512,6 +519,8 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
 
     report.frames_out = enc.frames
     report.decode_error = end_item.get("error") or None
+    report.frames_dropped = int(end_item.get("dropped", 0))
+    report.cuts = stabiliser.cuts
     # Cut short? Compare where the last frame ends with where the film (or the part) should end.
     frame_s = float(1 / info.fps)
     shortfall = 0.0

@@ -333,3 +333,49 @@ def test_contact_sheet_layout_and_atomic_png(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(WriteError, match="cannot"):
         write_png(tmp_path / "file" / "s.png", sheet)
+
+
+# ------------------------------------------------------------------- films
+def _film(path, frames, tint=None, grey=False):
+    """An FFV1 .mkv of a coloured texture panning 3 px a frame; `tint(i)` adds a per-frame a/b
+    shift (a flickering colouriser); `grey` keeps L only."""
+    import av
+    import cv2
+
+    from colourbatch import colour
+
+    rng = np.random.default_rng(5)
+    big = [cv2.GaussianBlur(rng.normal(0, 1, (120, 200)).astype(np.float32), (0, 0), s) for s in (6, 15, 15)]
+    lab = np.dstack([cv2.normalize(big[0], None, 40, 220, cv2.NORM_MINMAX)]
+                    + [cv2.normalize(b, None, 100, 156, cv2.NORM_MINMAX) for b in big[1:]])
+    out = av.open(str(path), "w")
+    vs = out.add_stream("ffv1", rate=25)
+    vs.width, vs.height, vs.pix_fmt = 96, 64, "yuv444p"
+    for i in range(frames):
+        f = lab[i:i + 64, 3 * i:3 * i + 96].copy()
+        if tint is not None:
+            f[..., 1:] += tint(i)
+        if grey:
+            f[..., 1:] = 128
+        rgb = colour.lab_to_rgb(np.clip(np.rint(f), 0, 255).astype(np.uint8))
+        out.mux(vs.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+    out.mux(vs.encode())
+    out.close()
+    return path
+
+
+def test_evaluate_video_scores_flicker_against_the_source(tmp_path):
+    from colourbatch.evaluate import evaluate_video
+
+    src = _film(tmp_path / "src.mkv", 12)
+    same = evaluate_video(src, src)
+    assert same.frames == 12 and same.pairs == 11 and same.cuts == 0
+    assert same.warp_error == pytest.approx(same.source_warp_error) and same.warp_error < 1.0
+    assert same.colourfulness_ratio == pytest.approx(1.0) and same.psnr_ab == float("inf")
+    rng = np.random.default_rng(0)
+    shifts = rng.uniform(-15, 15, (12, 2))
+    flicker = evaluate_video(_film(tmp_path / "flicker.mkv", 12, tint=lambda i: shifts[i]), src)
+    assert flicker.warp_error > 5 * same.warp_error and flicker.psnr_ab < 40
+    grey = evaluate_video(src, _film(tmp_path / "grey.mkv", 12, grey=True), limit=6)
+    assert grey.frames == 6 and grey.source_warp_error is None and grey.psnr_ab is None
+    assert grey.warp_error == pytest.approx(same.warp_error, rel=0.2)

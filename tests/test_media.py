@@ -147,3 +147,56 @@ def test_encoder_settings_refused_in_one_line(tmp_path, make_clip, capfd, settin
     msg = str(err.value)
     assert expect in msg and "avcodec" not in msg and "\n" not in msg and err.value.exit_code == 2
     assert not (tmp_path / dst).exists() and capfd.readouterr().err == ""
+
+
+def _mux_out_of_order(path, pts, tb=Fraction(1, 1000)):
+    """An FFV1 .mkv whose packets (so the decoder's frames) carry `pts` in the order given,
+    not sorted: the phone clip whose decoder handed out 0, 101, 67, 134, 34 (here in ms:
+    Matroska's time base).
+    Frame i is a flat grey of level 40 * i, so content shows which frame came out where."""
+    import av
+
+    out = av.open(str(path), "w")
+    vs = out.add_stream("ffv1", rate=30)
+    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv444p"
+    vs.codec_context.time_base = vs.time_base = tb
+    packets = []
+    for i in range(len(pts)):
+        f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+        f.pts, f.time_base = i, tb
+        packets += vs.encode(f)
+    packets += vs.encode()
+    for i, (packet, p) in enumerate(zip(packets, pts)):
+        packet.pts, packet.dts, packet.time_base = p, i - 100, tb  # dts rises, pts does not
+        out.mux(packet)
+    out.close()
+    return path
+
+
+def test_decoder_yields_frames_in_presentation_order(tmp_path):
+    src = [0, 101, 67, 134, 34, 168, 201]
+    clip = _mux_out_of_order(tmp_path / "phone.mkv", src)
+    with av.open(str(clip)) as c:  # the decoder itself really hands them out of order
+        assert [f.pts for f in c.decode(video=0)] == src
+    dec = media.Decoder(clip)
+    got = list(dec)
+    assert [p for _, p in got] == sorted(src)
+    # each frame keeps its own picture: frame i (level 40 i) at its own timestamp
+    assert [int(rgb[0, 0, 0]) // 10 for rgb, _ in got] == [src.index(p) * 4 for p in sorted(src)]
+    assert dec.frames == len(src) and dec.dropped == 0
+
+
+def test_decoder_drops_a_duplicate_timestamp_and_counts_it(tmp_path):
+    clip = _mux_out_of_order(tmp_path / "dup.mkv", [0, 67, 34, 67, 101])
+    dec = media.Decoder(clip)
+    got = list(dec)
+    assert [p for _, p in got] == [0, 34, 67, 101]
+    assert int(got[2][0][0, 0, 0]) // 10 == 4  # the first frame at 67 (frame 1) is the one kept
+    assert dec.dropped == 1 and dec.frames == 4
+
+
+def test_decoder_sorts_before_trimming_a_part(tmp_path):
+    src = [0, 101, 67, 134, 34, 168, 201]
+    clip = _mux_out_of_order(tmp_path / "part.mkv", src)
+    pts = [p for _, p in media.Decoder(clip, start=0.05, end=0.15)]
+    assert pts == [67, 101, 134]

@@ -454,3 +454,112 @@ def test_folders_are_searched_recursively_and_mirrored(tmp_path, make_clip, no_m
     assert any("folder symlink not followed" in n for n in plan.notes)
     assert any("1 file(s) named like colourbatch outputs" in n for n in plan.notes)
     assert plan.jobs[1].make_folder  # reel1/ under out/ does not exist yet: the run makes it
+
+
+def test_frames_out_of_pts_order_come_out_in_presentation_order(tmp_path, run):
+    from test_media import _mux_out_of_order
+
+    src = [0, 101, 67, 134, 34, 168]
+    clip = _mux_out_of_order(tmp_path / "phone.mkv", src)
+    dst = tmp_path / "phone.out.mkv"
+    rep = colour_video(clip, dst, run, VideoConfig(codec="ffv1"))
+    assert rep.ok and rep.frames_out == len(src) and rep.frames_dropped == 0
+    frames, *_ = streams(dst)
+    assert [round(f.time * 1000) for f in frames] == sorted(src)
+    # frame i of the source is a flat grey of level 40 i: the lightness shows the order kept
+    grey_l = [int(colour.rgb_to_l(np.full((1, 1, 3), 40 * src.index(p), np.uint8))[0, 0]) for p in sorted(src)]
+    levels = [colour.rgb_to_l(f.to_ndarray(format="rgb24")).mean() for f in frames]
+    assert levels == pytest.approx(grey_l, abs=1.5)
+
+
+# ------------------------------------------------------------- temporal stability
+@pytest.fixture(scope="module")
+def tiny_l_weights(tmp_path_factory):
+    """A 4-channel `seed` net whose colour follows L (a = 78 + 100 L, b = 178 - 100 L, L in
+    [0, 1]): colour that moves and changes with the picture (the tinted weights' is constant)."""
+    import torch
+
+    from colourbatch import checkpoint
+    from colourbatch.model import build_model
+
+    model = build_model("seed", {"widths": [4, 4, 4, 4]})
+    convs = [m for m in model.net if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        convs[0].weight[0, 0, 1, 1] = 1.0  # hidden channel 0 carries L through every layer
+        for conv in convs[1:-1]:
+            conv.weight[0, 0, 0, 0] = 1.0
+        convs[-1].weight[:, 0, 0, 0] = torch.tensor([0.0, 100.0, -100.0])
+        convs[-1].bias.copy_(torch.tensor([128.0, 78.0, 178.0]))
+    path = tmp_path_factory.mktemp("weights") / "follows-l.pt"
+    checkpoint.save(path, model, {"note": "colour-follows-L test weights"})
+    return path
+
+
+def _pan_and_cut(path, shots=((1, 9), (2, 6)), size=(96, 64)):
+    """An FFV1 .mkv of textured grey shots, each a camera pan; a hard cut between shots."""
+    import cv2
+
+    w, h = size
+    out = av.open(str(path), "w")
+    vs = out.add_stream("ffv1", rate=25)
+    vs.width, vs.height, vs.pix_fmt = w, h, "yuv444p"
+    for seed, frames in shots:
+        rng = np.random.default_rng(seed)
+        pic = cv2.GaussianBlur(rng.normal(0, 1, (2 * h, 3 * w)).astype(np.float32), (0, 0), 4)
+        pic = cv2.normalize(pic, None, 20, 235, cv2.NORM_MINMAX).astype(np.uint8)
+        for i in range(frames):
+            grey = np.ascontiguousarray(pic[i:i + h, 2 * i:2 * i + w])
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(np.dstack([grey] * 3), format="rgb24")))
+    out.mux(vs.encode())
+    out.close()
+    return path
+
+
+def _pictures(path):
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_stability_counts_cuts_and_any_batch_size_gives_the_same_film(tmp_path, tiny_l_weights):
+    clip = _pan_and_cut(tmp_path / "pan.mkv")
+    films = {}
+    for batch, stability in ((1, 0.8), (7, 0.8), (7, 0.0)):
+        run = RunConfig(weights=str(tiny_l_weights), workers=0, batch_size=batch, precision="fp32")
+        dst = tmp_path / f"out{batch}-{stability}.mkv"
+        rep = colour_video(clip, dst, run, VideoConfig(codec="ffv1", stability=stability))
+        assert rep.ok and rep.frames_out == 15 and rep.cuts == 1
+        films[batch, stability] = _pictures(dst)
+    assert np.array_equal(films[1, 0.8], films[7, 0.8])
+    stable, plain = films[7, 0.8], films[7, 0.0]
+    assert np.array_equal(stable[0], plain[0]) and np.array_equal(stable[9], plain[9])  # fresh at start, cut
+    assert not np.array_equal(stable[5], plain[5]) and not np.array_equal(stable[12], plain[12])
+
+
+def test_a_part_starts_the_stabiliser_afresh(tmp_path, tiny_l_weights):
+    clip = _pan_and_cut(tmp_path / "pan.mkv", shots=((1, 12),))
+    run = RunConfig(weights=str(tiny_l_weights), workers=0, batch_size=4, precision="fp32")
+    films = []
+    for stability in (0.8, 0.0):
+        dst = tmp_path / f"part-{stability}.mkv"
+        colour_video(clip, dst, run, VideoConfig(codec="ffv1", start=0.2, stability=stability))
+        films.append(_pictures(dst))
+    assert len(films[0]) == 7 and np.array_equal(films[0][0], films[1][0])
+    assert not np.array_equal(films[0][3], films[1][3])
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, 2])
+def test_stability_out_of_range_is_refused(value):
+    with pytest.raises(ColourbatchError, match="--stability"):
+        VideoConfig(stability=value)
+
+
+def test_a_duplicate_timestamp_is_dropped_and_reported(tmp_path, run):
+    from test_media import _mux_out_of_order
+
+    clip = _mux_out_of_order(tmp_path / "dup.mkv", [0, 67, 34, 67, 101])
+    rep = colour_video(clip, tmp_path / "dup.out.mkv", run, VideoConfig(codec="ffv1"))
+    assert rep.ok and rep.frames_out == 4 and rep.frames_dropped == 1
+    frames, *_ = streams(tmp_path / "dup.out.mkv")
+    assert [round(f.time * 1000) for f in frames] == [0, 34, 67, 101]

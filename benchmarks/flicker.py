@@ -1,0 +1,146 @@
+"""Benchmark of the colour stabiliser: flicker (warp error) with it on and off, and what it costs.
+
+Colours a film with the shipped weights through the library (video.colour_video,
+lossless FFV1 output so the encoder adds no chroma noise), once with
+`--stability` on and once off, then measures each output's warp error
+(evaluate.evaluate_video: temporal.WarpError, Lai et al., ECCV 2018; DIS flow
+on the source's L at 320x180, occluded pixels and pairs across a cut left out;
+mean |delta a/b| in LAB units) and colourfulness, and prints the ratio, with each run's frames/s and the stabiliser's
+own cost per frame.
+
+Without --input it makes its own clip: a textured grey picture panned and
+zoomed by the camera for 48 frames, then a hard cut to another picture that
+pans the other way for 24 frames (640x360, 25 frames/s).
+
+A colour --input is coloured from its L; the source's own colour then gives
+the floor (its warp error), the colourfulness ratio and the a/b PSNR.
+
+    python benchmarks/flicker.py [--input examples/video/chaplin.mp4 --frames 100]
+                                 [--weights weights/default.pt] [--stability 0.8]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def texture(seed: int, width: int, height: int) -> np.ndarray:
+    """A grey picture with structure at several scales (blobs, edges, fine grain), uint8."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    pic = np.zeros((height, width), np.float32)
+    for sigma, weight in ((40, 1.0), (12, 0.6), (3, 0.3)):
+        pic += weight * cv2.GaussianBlur(rng.normal(0, 1, (height, width)).astype(np.float32), (0, 0), sigma) \
+            * sigma ** 0.5
+    return cv2.normalize(pic, None, 15, 240, cv2.NORM_MINMAX).astype(np.uint8)
+
+
+def make_clip(path: Path, width: int = 640, height: int = 360, fps: int = 25) -> Path:
+    """Shot 1: a pan with a slow zoom (48 frames); a hard cut; shot 2: a pan back (24 frames)."""
+    import av
+    import cv2
+
+    out = av.open(str(path), "w")
+    vs = out.add_stream("ffv1", rate=fps)
+    vs.width, vs.height, vs.pix_fmt = width, height, "yuv444p"
+    shots = [(texture(1, 2 * width, 2 * height), 48, 1), (texture(2, 2 * width, 2 * height), 24, -1)]
+    for pic, frames, direction in shots:
+        for i in range(frames):
+            zoom = 1.0 + 0.004 * i                   # the camera pushes in slowly
+            cx = width + direction * (3.0 * i - 60)  # and pans 3 px a frame
+            cy = height + 0.8 * i
+            m = cv2.getRotationMatrix2D((cx, cy), 0.0, zoom)
+            m[:, 2] += (width / 2 - cx, height / 2 - cy)
+            grey = cv2.warpAffine(pic, m, (width, height), flags=cv2.INTER_LINEAR)
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(np.dstack([grey] * 3), format="rgb24")))
+    out.mux(vs.encode())
+    out.close()
+    return path
+
+
+def frames_of(path: Path, limit: int):
+    import av
+
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i >= limit:
+                return
+            yield f.to_ndarray(format="rgb24")
+
+
+def stage_ms(src: Path, frames: int, stability: float, weights: str | None) -> tuple[float, float]:
+    """(model ms, stabiliser ms) per frame on the film's real tiles, each stage alone: stable
+    numbers where the pipeline's frames/s swing with other work on the machine."""
+    import torch
+
+    from colourbatch import colour
+    from colourbatch.pipeline import Colouriser, RunConfig
+    from colourbatch.temporal import Stabiliser
+
+    tiles = np.stack([colour.l_tile(colour.rgb_to_l(rgb)) for rgb in frames_of(src, min(frames, 48))])
+    engine = Colouriser(RunConfig(weights=weights))
+    engine.predict(torch.from_numpy(tiles[:2]))  # warm-up
+    t = time.perf_counter()
+    ab = np.concatenate([engine.predict(torch.from_numpy(tiles[i:i + 16])) for i in range(0, len(tiles), 16)])
+    model = time.perf_counter() - t
+    stab = Stabiliser(stability)
+    t = time.perf_counter()
+    stab(tiles, ab)
+    return model * 1000 / len(tiles), (time.perf_counter() - t) * 1000 / len(tiles)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--input", type=Path, help="a film to colour (default: a synthetic pan/zoom with a cut)")
+    ap.add_argument("--frames", type=int, default=100, help="frames of --input to colour")
+    ap.add_argument("--weights", default=None, help="weights file (default: the shipped weights)")
+    ap.add_argument("--stability", type=float, default=None, help="stability on (default: VideoConfig's)")
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+
+    from colourbatch import media
+    from colourbatch.config import VideoConfig
+    from colourbatch.evaluate import evaluate_video
+    from colourbatch.pipeline import Colouriser, RunConfig
+    from colourbatch.video import colour_video
+
+    on = VideoConfig().stability if args.stability is None else args.stability
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        src = args.input or make_clip(tmp / "pan-zoom-cut.mkv")
+        info = media.probe(src)
+        frames = args.frames if args.input else info.frames or 72
+        duration = float(frames / info.fps) - 1e-3 if args.input else None
+        run = RunConfig(weights=args.weights, batch_size=args.batch, workers=1)
+        engine = Colouriser(run)  # loaded once: both runs' frames/s are the pipeline's alone
+        print(f"{src} ({info.width}x{info.height}, {frames} frames), weights {args.weights or 'shipped'}")
+        print(f"{'stability':>9} {'warp error':>10} {'vs off':>7} {'colourful':>9} {'frames/s':>9} {'pairs':>6} "
+              f"{'cuts':>5}   against a colour source: its warp error, colourfulness ratio, a/b PSNR")
+        rows = {}
+        for stability in (0.0, on):
+            dst = tmp / f"out-{stability}.mkv"
+            rep = colour_video(src, dst, run, VideoConfig(codec="ffv1", stability=stability, duration=duration),
+                               colouriser=engine)
+            score = evaluate_video(dst, src, limit=rep.frames_out)
+            rows[stability] = error = score.warp_error
+            print(f"{stability:>9.2f} {error:>10.3f} {error / rows[0.0]:>7.2f} {score.colourfulness:>9.2f} "
+                  f"{rep.fps:>9.1f} {score.pairs:>6} {rep.cuts:>5}"
+                  + (f"   {score.source_warp_error:.3f} ({error / score.source_warp_error:.2f}x), "
+                     f"{score.colourfulness_ratio:.2f}, {score.psnr_ab:.2f} dB"
+                     if score.source_warp_error is not None else ""))
+        model, stab = stage_ms(Path(src), frames, on, args.weights)
+        print(f"alone, ms a frame: model {model:.1f} ({engine.describe()['precision']}), "
+              f"stabiliser {stab:.2f} (+{100 * stab / model:.0f} % of the model's time)")
+
+
+if __name__ == "__main__":
+    main()
