@@ -79,7 +79,7 @@ class Colouriser:
             tiles = tiles[:, None]
         x = tiles.to(self.device, non_blocking=True)
         with autocast(self.device, self.dtype):
-            ab = predict_ab8(self.model, x, self.cfg.temperature)
+            ab = predict_ab8(self.model, x, self.cfg.temperature, self.cfg.decode)
         return ab.cpu().numpy()  # one transfer (and sync) per batch, never per frame
 
 

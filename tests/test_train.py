@@ -298,3 +298,15 @@ def test_a_diverging_loss_fails_part_way_with_exit_1(kaggle_dir, tmp_path, monke
         train(_cfg([kaggle_dir], tmp_path / "n.pt", model="nan", steps=3))
     assert err.value.exit_code == 1 and isinstance(err.value, TrainError)
     assert TrainError("x").exit_code == 2  # refusals before work
+
+
+def test_holdout_trains_without_a_source_and_validates_on_it(image_folder, tmp_path):
+    ev = _Events()
+    with within(120):
+        train(_cfg([image_folder], tmp_path / "h.pt", steps=3, batch_size=4, holdout=("sub",)), ev)
+    start = ev.of("start")[0]
+    # photos/sub holds the 5 odd pictures: all of them validate, none trains; the 5 even
+    # pictures and the cut-out (2 crops each) train.
+    assert start["val_images"] == 5 and start["train_images"] == 2 * 6
+    _, meta = checkpoint.load(tmp_path / "h.pt")
+    assert meta["train_config"]["holdout"] == ["sub"]  # evaluate holds out the same source
