@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import colour, files
-from .config import VAL_FRACTION, EvalConfig
+from .config import DECODES, VAL_FRACTION, EvalConfig
 from .data import (ImageError, list_images, make_loader, read_colour_image,
                    split_dataset)
 from .device import autocast, prepare_model
@@ -231,6 +231,9 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
         return evaluate_folders(cfg, emit)
     if not cfg.data:
         raise EvalError("nothing to evaluate: give --data, or --pred with --truth")
+    unknown = [d for d in cfg.decode if d not in DECODES]
+    if unknown:
+        raise EvalError(f"unknown decode {unknown[0]!r} (use {', '.join(DECODES)})")
     return _evaluate_models(cfg, emit)
 
 
@@ -292,9 +295,12 @@ def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
               "val_fraction": val_fraction, "holdout": list(holdout), "images": n,
               "skipped": len(skipped), "rows": rows, "notes": [], "sheet": None}
     if cfg.sheet:
-        count = min(cfg.sheet_images, n)
-        l8 = torch.stack([ds[i][0] for i in range(count)])
-        ab8 = torch.stack([ds[i][1] for i in range(count)])
+        # Spread over the set (which is sorted by source), so every source shows, not the first's.
+        picks = np.linspace(0, n - 1, min(cfg.sheet_images, n)).round().astype(int).tolist()
+        count = len(picks)
+        l8 = torch.stack([ds[i][0] for i in picks])
+        ab8 = torch.stack([ds[i][1] for i in picks])
+        result["sheet_pictures"] = [ds.name(i) for i in picks]
         pics = [[grey_baseline_lab(t[0].numpy()) for t in l8]]
         with torch.inference_mode(), autocast(device, dtype):
             for _, model, d in columns:

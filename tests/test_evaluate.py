@@ -239,6 +239,8 @@ def test_evaluate_set_refuses_bad_input_before_work(kaggle_dir, tmp_path):
         evaluate_set(EvalConfig(data=(str(kaggle_dir),), sheet=str(tmp_path)))
     with pytest.raises(EvalError, match="go together"):
         evaluate_set(EvalConfig(pred=str(tmp_path)))
+    with pytest.raises(EvalError, match="unknown decode 'vivid'"):  # before the weights are read
+        evaluate_set(EvalConfig(data=(str(kaggle_dir),), weights=(str(bad),), decode=("vivid",)))
     w = _weights(tmp_path, "s.pt")
     with pytest.raises(DataError, match="no such file or folder"):
         evaluate_set(EvalConfig(data=(str(tmp_path / "none"),), weights=(str(w),)))
@@ -390,3 +392,5 @@ def test_evaluate_scores_each_decoding_from_one_model(sourced, tmp_path):
     assert by["default[confident]"]["colourfulness"] - by["grey"]["colourfulness"] < 0.2 * tint
     img = cv2.imread(str(sheet))
     assert img.shape[1] == 5 * 32 + 6 * 4  # grey | default x2 | seed | truth
+    # Its pictures are spread over the set, so both sources show.
+    assert res["sheet_pictures"] == ["photos/beach/a.png", "photos/forest/e.png"]
