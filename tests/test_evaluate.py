@@ -394,3 +394,25 @@ def test_evaluate_scores_each_decoding_from_one_model(sourced, tmp_path):
     assert img.shape[1] == 5 * 32 + 6 * 4  # grey | default x2 | seed | truth
     # Its pictures are spread over the set, so both sources show.
     assert res["sheet_pictures"] == ["photos/beach/a.png", "photos/forest/e.png"]
+
+
+def test_evaluate_command_passes_sources_and_decodings(sourced, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from colourbatch.cli import cli
+
+    w = _weights(tmp_path, "d.pt", model="default")
+    out = CliRunner().invoke(cli, ["evaluate", "--data", str(sourced), "--weights", str(w), "--holdout", "beach",
+                                   "--holdout", "forest", "--per-source", "--decode", "annealed",
+                                   "--decode", "confident", "--size", "32", "--precision", "fp32",
+                                   "--json", "-q"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout)
+    assert res["holdout"] == ["beach", "forest"] and res["images"] == 5
+    assert [r["name"] for r in res["rows"]][:3] == ["grey", "d[annealed]", "d[confident]"]
+    assert {r.get("source") for r in res["rows"]} == {None, "beach", "forest"}
+    bad = CliRunner().invoke(cli, ["evaluate", "--data", str(sourced), "--weights", str(w),
+                                   "--holdout", "desert", "-q"])
+    assert bad.exit_code == 2 and "held-out source(s) desert" in bad.output

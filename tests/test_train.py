@@ -310,3 +310,19 @@ def test_holdout_trains_without_a_source_and_validates_on_it(image_folder, tmp_p
     assert start["val_images"] == 5 and start["train_images"] == 2 * 6
     _, meta = checkpoint.load(tmp_path / "h.pt")
     assert meta["train_config"]["holdout"] == ["sub"]  # evaluate holds out the same source
+
+
+def test_train_command_holds_out_sources(image_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from colourbatch.cli import cli
+
+    out = tmp_path / "c.pt"
+    args = ["train", "--data", str(image_folder), "--out", str(out), "--steps", "2", "--holdout", "sub",
+            "--model", "seed", "--batch-size", "4", "--size", "32", "--crops", "2", "--device", "cpu",
+            "--precision", "fp32", "--workers", "0", "--threads", "1", "--warmup", "0", "-q"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert checkpoint.read(out)["metadata"]["train_config"]["holdout"] == ["sub"]
+    r = CliRunner().invoke(cli, args[:8] + ["nowhere"] + args[9:])
+    assert r.exit_code == 2 and "held-out source(s) nowhere" in r.output
