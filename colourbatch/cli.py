@@ -66,6 +66,9 @@ def run_options(f):
                help="DataLoader processes that read and convert inputs ahead of the model."),
         option(R, "temperature", type=click.FloatRange(0.01, 10.0),
                help="Annealed-mean T of the default model: lower is livelier [default: the weights' own]."),
+        option(R, "decode", type=click.Choice(C.DECODES),
+               help="Decoding of the default model: annealed, or confident (unsure regions stay "
+                    "near neutral) [default: the weights' own]."),
         option(R, "shard", metavar="I/N",
                help="Colour only shard I of N of the inputs (0-based, stable by path), for splitting a job "
                     "across machines [default: from COLOURBATCH_SHARD, SLURM array, torchrun or "
@@ -184,6 +187,9 @@ T = C.TrainConfig
 @option(T, "crops", type=click.IntRange(1, 1000), help="Random crops per image per epoch (image folders).")
 @option(T, "val_fraction", type=click.FloatRange(0, 0.9, min_open=True),
         help="Share held out for validation, never trained on.")
+@option(T, "holdout", multiple=True, metavar="SOURCE",
+        help="Hold out a whole source (a sub-folder of --data, or a --data folder) as the "
+             "validation set, never trained on (repeatable).")
 @option(T, "val_every", type=click.IntRange(1), help="Steps between validations.")
 @option(T, "val_images", type=click.IntRange(1), help="Validation pictures per mid-run check (all of them at the end).")
 @option(T, "ckpt_every", type=click.IntRange(1), help="Steps between checkpoints (one is always written at the end).")
@@ -212,7 +218,7 @@ def train(quiet, **values):
 
     # Under torchrun only rank 0 reports; the others stay silent.
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    cfg = C.build(C.TrainConfig, dict(values, data=tuple(values["data"])))
+    cfg = C.build(C.TrainConfig, dict(values, data=tuple(values["data"]), holdout=tuple(values["holdout"])))
     view = _TrainView(quiet or not main_rank)
     try:
         result = run_training(cfg, view.on_event)
@@ -233,6 +239,9 @@ E = C.EvalConfig
         help="val: the split training holds out (never trained on); train; all.")
 @option(E, "val_fraction", type=click.FloatRange(0, 0.9, min_open=True),
         help="The held-out share [default: the one the first weights were trained with].")
+@option(E, "holdout", multiple=True, metavar="SOURCE",
+        help="Held-out sources as train takes them (repeatable) [default: the first weights' own].")
+@option(E, "per_source", is_flag=True, help="A row per source as well as the pooled one.")
 @option(E, "pred", type=click.Path(file_okay=False),
         help="Folder of finished predictions, compared with --truth by relative path.")
 @option(E, "truth", type=click.Path(file_okay=False), help="Folder of the true colour pictures for --pred.")
@@ -242,6 +251,8 @@ E = C.EvalConfig
 @option(E, "max_images", type=click.IntRange(1), help="Score at most N pictures.")
 @option(E, "temperature", type=click.FloatRange(0.01, 10.0),
         help="Annealed-mean T of default models [default: the weights' own].")
+@option(E, "decode", multiple=True, type=click.Choice(C.DECODES),
+        help="Score default models with this decoding, a row each (repeatable) [default: the weights' own].")
 @option(E, "sheet", type=click.Path(dir_okay=False), help="Write a contact sheet PNG: grey | each model | truth.")
 @option(E, "sheet_images", type=click.IntRange(1, 200), help="Pictures (rows) on the contact sheet.")
 @option(E, "size", type=click.IntRange(32, 1024), help="Tile side the models see (training validates at this size).")
@@ -268,7 +279,8 @@ def evaluate(as_json, quiet, **values):
     """
     from .evaluate import evaluate_set
 
-    cfg = C.build(C.EvalConfig, dict(values, data=tuple(values["data"]), weights=tuple(values["weights"])))
+    cfg = C.build(C.EvalConfig, dict(values, data=tuple(values["data"]), weights=tuple(values["weights"]),
+                                     holdout=tuple(values["holdout"]), decode=tuple(values["decode"])))
     # With --json stdout carries only the JSON: progress goes to stderr.
     view = _EvalView(make_console(stderr=True), quiet)
     try:

@@ -25,6 +25,11 @@ PAGE_FORMATS = tuple(e[1:] for e in PAGE_EXTS)
 ARCHIVE_EXTS = (".cbz", ".zip")
 #: Share of a training set held out for validation when nothing else is said.
 VAL_FRACTION = 0.05
+#: How a bin-distribution model turns its distribution into a/b (model.DefaultNet.decode):
+#: 'annealed' = the annealed mean (what the weights were tuned with: lively, sometimes
+#: confidently wrong); 'confident' = that mean with its chroma scaled by the
+#: distribution's certainty, so regions the model is unsure of stay near neutral.
+DECODES = ("annealed", "confident")
 
 
 class BadTime(UsageError):
@@ -42,6 +47,7 @@ class RunConfig:
     batch_size: int = 16           # tiles per model call; large batches amortise launch costs on GPU
     workers: int = 2               # DataLoader processes decoding and converting inputs ahead of the model
     temperature: float | None = None  # annealed-mean T for the default model; None = the weights' own
+    decode: str | None = None      # one of DECODES for the default model; None = the weights' own
     shard: str | None = None       # "I/N": only this shard of the inputs; None = the scheduler's environment, else all
     ray: bool = False              # run each input as a task on a Ray cluster instead of in this process
     ray_address: str | None = None  # that cluster's address (implies ray); None = a local Ray instance
@@ -143,6 +149,7 @@ class TrainConfig:
     size: int = TILE                 # training tile side; inference uses TILE
     crops: int = 8                   # random crops per image per epoch (image folders)
     val_fraction: float = VAL_FRACTION  # share held out, by stable hash (folders) or the set's tail (Kaggle)
+    holdout: tuple = ()              # whole sources (sub-folders of --data) validated on, never trained on: measures generalisation
     val_every: int = 500             # steps between validations
     val_images: int = 128            # validation pictures per mid-run check (all at the end)
     ckpt_every: int = 500            # steps between checkpoints
@@ -171,11 +178,14 @@ class EvalConfig:
     data: tuple = ()                   # a Kaggle folder or image folders, as train takes them
     split: str = "val"                 # one of SPLITS
     val_fraction: float | None = None  # None: the first weights' own training split, else VAL_FRACTION
+    holdout: tuple = ()                # held-out sources as train takes them; empty: the first weights' own (if any)
+    per_source: bool = False           # a row per source as well as the pooled one: sources differ more than pictures
     weights: tuple = ()                # weights files to compare; empty: the shipped default weights
     pred: str | None = None            # folder of finished predictions (with truth: no model runs)
     truth: str | None = None           # folder of true colour pictures, matched to pred by path
     max_images: int | None = None      # stop after this many pictures: quick checks on big sets
     temperature: float | None = None   # annealed-mean T for default models; None: the weights' own
+    decode: tuple = ()                 # DECODES to score each default model with (a row each); empty: the weights' own
     size: int = TILE                   # tile side the models see: training's validation uses TILE
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     precision: str = "auto"            # one of PRECISIONS

@@ -1,6 +1,7 @@
 """Datasets and the DataLoader builder.
 
-Training/evaluation data, and the one train/val/all split (`split_dataset`): the Kaggle "image-colorization" arrays (memory-mapped,
+Training/evaluation data, and the one train/val/all split (`split_dataset`: by a
+hash of each path, or by whole held-out sources): the Kaggle "image-colorization" arrays (memory-mapped,
 never loaded whole) and folders of colour images (RGBA cut-outs composited on a
 background). Both yield ``(l8, ab8)``: uint8 tensors (1, S, S) and (2, S, S) in
 OpenCV 8-bit LAB; conversion to floats happens on the training device.
@@ -128,6 +129,9 @@ class KaggleDataset(Dataset):
     def name(self, i: int) -> str:
         return f"kaggle[{int(self.indices[i])}]"
 
+    def source(self, i: int) -> str:
+        return self.root.name  # one source: the set has no collections to tell apart
+
     def __getitem__(self, i: int):
         j = int(self.indices[i])
         k = int(np.searchsorted(self.offsets, j, side="right") - 1)
@@ -205,6 +209,16 @@ def to_rgb8(img: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
 class FolderImage:
     key: str        # path relative to its data root: the split hash and reports use it
     lab: np.ndarray  # uint8 LAB, already composited and downsized
+    source: str     # the collection it came from (see source_of): held out and reported whole
+
+
+def source_of(key: str) -> str:
+    """The source of a picture key 'root/sub/.../file': its first sub-folder under the
+    --data folder (one collection of photos), or the --data folder itself for a file
+    directly in it. Pictures of one source share photographers, scanners and subjects,
+    so only a split by source measures how a model does on pictures from elsewhere."""
+    parts = key.split("/")
+    return parts[1] if len(parts) > 2 else parts[0]
 
 
 class ImageFolderDataset(Dataset):
@@ -220,21 +234,32 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, roots: Sequence[str | os.PathLike], split: str = "train",
                  val_fraction: float = VAL_FRACTION, size: int = colour.TILE, crops: int = 1,
-                 seed: int = 0, max_side: int = 1024, on_skip=None, augment: bool | None = None):
+                 seed: int = 0, max_side: int = 1024, on_skip=None, augment: bool | None = None,
+                 holdout: Sequence[str] = ()):
         self.size, self.seed = size, seed
         self.augment = split == "train" if augment is None else augment
         self.crops = crops if self.augment else 1
         self.items: list[FolderImage] = []
         self.skipped: list[tuple[str, str]] = []
         files: list[tuple[Path, str]] = []
+        seen_sources: set[str] = set()
         for root in roots:
             root = Path(root)
             if not root.exists():
                 raise DataError(f"{root}: no such folder")
             base = root if root.is_dir() else root.parent
             found = [(p, f"{base.name}/{p.relative_to(base).as_posix()}") for p in list_images(root)]
-            val = validation_keys([k for _, k in found], val_fraction)
+            seen_sources.update(source_of(k) for _, k in found)
+            if holdout:  # whole sources are validation, everything else trains
+                val = {k for _, k in found if source_of(k) in holdout or base.name in holdout}
+                seen_sources.add(base.name)
+            else:
+                val = validation_keys([k for _, k in found], val_fraction)
             files += [(p, k) for p, k in found if split == "all" or (k in val) == (split == "val")]
+        unknown = sorted(set(holdout) - seen_sources)
+        if unknown:
+            raise DataError(f"held-out source(s) {', '.join(unknown)} are not a sub-folder of "
+                            f"--data (sources: {', '.join(sorted(seen_sources))})")
         for p, key in files:
             bg = tuple(int(v) for v in _rng(seed, 0, _stable_int(key)).integers(0, 256, 3))
             try:
@@ -247,7 +272,7 @@ class ImageFolderDataset(Dataset):
             if min(rgb.shape[:2]) < 8:
                 self.skipped.append((str(p), "smaller than 8 pixels"))
                 continue
-            self.items.append(FolderImage(key, colour.rgb_to_lab(rgb)))
+            self.items.append(FolderImage(key, colour.rgb_to_lab(rgb), source_of(key)))
         if not self.items:
             raise DataError(f"{', '.join(map(str, roots))}: no readable images in the {split} split")
         self.epoch = 0
@@ -257,6 +282,9 @@ class ImageFolderDataset(Dataset):
 
     def name(self, i: int) -> str:
         return self.items[i % len(self.items)].key
+
+    def source(self, i: int) -> str:
+        return self.items[i % len(self.items)].source
 
     def __getitem__(self, i: int):
         lab = self.items[i % len(self.items)].lab
@@ -297,13 +325,19 @@ def check_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 def split_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: float = VAL_FRACTION,
                   size: int = colour.TILE, crops: int = 1, seed: int = 0, augment: bool = False,
-                  on_skip=None) -> Dataset:
+                  on_skip=None, holdout: Sequence[str] = ()) -> Dataset:
     """One Kaggle folder, or any number of image folders, as a Dataset of (l8, ab8) tiles.
 
-    `split` is one of SPLITS: the same `val_fraction` always holds out the
-    same pictures, so training and evaluation agree on what was never trained
-    on. `augment` (training) draws `crops` random crops and flips per picture;
-    without it every picture is squeezed whole, once.
+    `split` is one of SPLITS. Without `holdout`, validation is the pictures
+    whose path hashes below `val_fraction` (the same fraction always holds out
+    the same pictures, so training and evaluation agree on what was never
+    trained on). With `holdout` (source names: sub-folders of a --data folder,
+    or a --data folder's own name), validation is exactly those whole sources
+    and training is every other picture, so validation measures pictures from
+    elsewhere. A Kaggle folder keeps its fixed tail split and has no sources.
+    `augment` (training) draws `crops` random crops and flips per picture;
+    without it every picture is squeezed whole, once. Each data set's
+    `source(i)` names the source of picture i.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
@@ -312,11 +346,13 @@ def split_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: 
     if kaggle:
         if len(paths) > 1:
             raise DataError("a Kaggle folder trains on its own; give it as the only --data")
+        if holdout:
+            raise DataError("a Kaggle folder has no sources to hold out; it keeps its tail split")
         return KaggleDataset(kaggle[0], split, val_fraction, augment=augment, size=size, seed=seed)
     if any((p / "l").is_dir() or (p / "ab").is_dir() for p in paths):
         raise DataError(f"{paths[0]}: looks like a Kaggle folder but lacks l/gray_scale.npy")
     return ImageFolderDataset(paths, split, val_fraction, size, crops if augment else 1, seed,
-                              on_skip=on_skip, augment=augment)
+                              on_skip=on_skip, augment=augment, holdout=tuple(holdout))
 
 
 # ------------------------------------------------------------------- sampling

@@ -40,12 +40,12 @@ import numpy as np
 import torch
 
 from . import colour, files, media
-from .config import VAL_FRACTION, EvalConfig
+from .config import DECODES, VAL_FRACTION, EvalConfig
 from .data import (ImageError, list_images, make_loader, read_colour_image,
                    split_dataset)
 from .device import autocast, prepare_model
 from .errors import ColourbatchError, one_line
-from .model import model_config, predict_ab8
+from .model import model_config, model_input
 from .pipeline import load_weights, open_device
 from .temporal import WarpError
 
@@ -140,16 +140,16 @@ class Metrics:
         return out
 
 
-def predict_lab(model, l8, device, temperature: float | None = None) -> list[np.ndarray]:
+def predict_lab(model, l8, device, temperature: float | None = None,
+                decode: str | None = None) -> list[np.ndarray]:
     """uint8 L tiles (B, 1, S, S) -> the model's uint8 LAB pictures, merged as the pipeline merges.
 
     a/b is predicted from the tile, upsampled and merged with the tile's own L
     through RGB (colour.merge_l_ab), so L errors of the round trip are counted.
     Call under inference_mode and the caller's autocast.
     """
-    ab_pred = predict_ab8(model, l8.to(device, non_blocking=True), temperature).cpu().numpy()
-    l_np = l8.numpy()
-    return [colour.rgb_to_lab(colour.merge_l_ab(l_np[i, 0], ab_pred[i])) for i in range(len(l_np))]
+    raw = model(model_input(l8.to(device, non_blocking=True)))
+    return merged_lab(l8, model.decode(raw, temperature, decode))
 
 
 def grey_baseline_lab(l8: np.ndarray) -> np.ndarray:
@@ -159,37 +159,59 @@ def grey_baseline_lab(l8: np.ndarray) -> np.ndarray:
 
 def evaluate_model(model, loader, device, dtype, temperature: float | None = None,
                    max_images: int | None = None, grey: bool = False,
-                   on_batch=None) -> dict[str, Any]:
+                   on_batch=None, decodes: tuple = (None,),
+                   sources: list[str] | None = None) -> dict[str, Any]:
     """Metrics of `model` (and of the grey baseline if `grey`) over a loader of (l8, ab8).
 
     The model predicts from the L tile, a/b is upsampled to the tile's size and
     merged with the true L exactly as the pipeline merges pages and frames.
+    Each entry of `decodes` (None: the weights' own decoding) is scored from
+    the same forward pass: {"model": ...} for the first, {"model[D]": ...} for
+    the others. `sources` (the source of each picture, in loader order) adds
+    {"by_source": {source: {name: metrics}}}.
     """
-    ours, base = Metrics(), Metrics() if grey else None
+    names = ["model"] + [f"model[{d}]" for d in decodes[1:]]
+    pooled = {n: Metrics() for n in names + (["grey"] if grey else [])}
+    split: dict[str, dict[str, Metrics]] = {}
     was_training = model.training
     model.eval()
     seen = 0
     with torch.inference_mode(), autocast(device, dtype):
         for l8, ab8 in loader:
-            preds = predict_lab(model, l8, device, temperature)
+            raw = model(model_input(l8.to(device, non_blocking=True)))
+            preds = {n: merged_lab(l8, model.decode(raw, temperature, d)) for n, d in zip(names, decodes)}
             l_np, ab_np = l8.numpy(), ab8.numpy()
             for i in range(len(l_np)):
                 if max_images is not None and seen >= max_images:
                     break
                 true_lab = np.dstack([l_np[i, 0], ab_np[i, 0], ab_np[i, 1]])
-                ours.update(preds[i], true_lab)
-                if base is not None:
-                    base.update(grey_baseline_lab(l_np[i, 0]), true_lab)
+                pics = {n: p[i] for n, p in preds.items()}
+                if grey:
+                    pics["grey"] = grey_baseline_lab(l_np[i, 0])
+                groups = [pooled]
+                if sources is not None:
+                    groups.append(split.setdefault(sources[seen], {n: Metrics() for n in pooled}))
+                for group in groups:
+                    for n, pic in pics.items():
+                        group[n].update(pic, true_lab)
                 seen += 1
             if on_batch:
                 on_batch(seen)
             if max_images is not None and seen >= max_images:
                 break
     model.train(was_training)
-    out: dict[str, Any] = {"model": ours.result()}
-    if base is not None:
-        out["grey"] = base.result()
+    out: dict[str, Any] = {n: m.result() for n, m in pooled.items()}
+    if sources is not None:
+        out["by_source"] = {src: {n: m.result() for n, m in group.items()}
+                            for src, group in sorted(split.items())}
     return out
+
+
+def merged_lab(l8: torch.Tensor, ab_units: torch.Tensor) -> list[np.ndarray]:
+    """Decoded a/b (LAB units) merged with the tiles' own L, as predict_lab merges."""
+    ab_pred = colour.units_to_ab8(ab_units).cpu().numpy()
+    l_np = l8.numpy()
+    return [colour.rgb_to_lab(colour.merge_l_ab(l_np[i, 0], ab_pred[i])) for i in range(len(l_np))]
 
 
 # ============================================================ evaluate command
@@ -215,6 +237,9 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
         return evaluate_folders(cfg, emit)
     if not cfg.data:
         raise EvalError("nothing to evaluate: give --data, or --pred with --truth")
+    unknown = [d for d in cfg.decode if d not in DECODES]
+    if unknown:
+        raise EvalError(f"unknown decode {unknown[0]!r} (use {', '.join(DECODES)})")
     return _evaluate_models(cfg, emit)
 
 
@@ -225,11 +250,12 @@ def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
         model, meta, path = load_weights(w)
         models.append((path, model_config(model)[0], model, meta))
     names = _row_names([p for p, *_ in models])
+    # Score on the split the (first) model was held out from, not a different one.
+    tc = models[0][3].get("train_config") or {}
     val_fraction = cfg.val_fraction
     if val_fraction is None:
-        # Score on the split the (first) model was held out from, not a different one.
-        tc = models[0][3].get("train_config") or {}
         val_fraction = float(tc.get("val_fraction") or VAL_FRACTION)
+    holdout = tuple(cfg.holdout or tc.get("holdout") or ())
     device, dtype = open_device(cfg.device, cfg.precision)
 
     skipped: list[str] = []
@@ -238,38 +264,56 @@ def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
         skipped.append(path)
         emit("skip", {"path": path, "reason": why})
 
-    ds = split_dataset(cfg.data, cfg.split, val_fraction, cfg.size, on_skip=on_skip)
+    ds = split_dataset(cfg.data, cfg.split, val_fraction, cfg.size, on_skip=on_skip, holdout=holdout)
     n = len(ds) if cfg.max_images is None else min(len(ds), cfg.max_images)
+    sources = [ds.source(i) for i in range(n)] if cfg.per_source else None
     emit("start", {"mode": "data", "split": cfg.split, "val_fraction": val_fraction, "images": n,
-                   "models": names, "device": str(device), "dtype": str(dtype).replace("torch.", "")})
+                   "holdout": list(holdout), "models": names, "device": str(device),
+                   "dtype": str(dtype).replace("torch.", "")})
     loader = make_loader(ds, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
     rows: list[dict[str, Any]] = []
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    columns: list[tuple[str, Any, str | None]] = []  # (label, model, decode) of each sheet column
     for k, ((path, model_name, model, meta), name) in enumerate(zip(models, names)):
         model = prepare_model(model, device).eval()
+        # A model without a distribution (the seed) decodes one way: one row.
+        decodes = tuple(cfg.decode) if cfg.decode and hasattr(model.cfg, "decode") else (None,)
+        labels = [name if d is None else f"{name}[{d}]" for d in decodes]
         emit("model", {"name": name, "index": k, "images": n})
         res = evaluate_model(model, loader, device, dtype, cfg.temperature, cfg.max_images,
                              grey=k == 0, on_batch=lambda seen, name=name: emit(
-                                 "progress", {"name": name, "done": seen, "images": n}))
-        if k == 0:
-            rows.append({"name": "grey", "weights": None, "model": None, **res["grey"]})
+                                 "progress", {"name": name, "done": seen, "images": n}),
+                             decodes=decodes, sources=sources)
+        keys = ["model"] + [f"model[{d}]" for d in decodes[1:]]
+        entries = ([("grey", "grey", None, None)] if k == 0 else []) + [
+            (key, label, str(path), model_name) for key, label in zip(keys, labels)]
+        for key, label, weights, mname in entries:
+            rows.append({"name": label, "weights": weights, "model": mname, **res[key]})
             emit("row", rows[-1])
-        rows.append({"name": name, "weights": str(path), "model": model_name, **res["model"]})
-        emit("row", rows[-1])
-        models[k] = (path, model_name, model, meta)
+            for src, group in res.get("by_source", {}).items():
+                by_source.setdefault(src, []).append(
+                    {"name": f"{label} @ {src}", "source": src, "weights": weights, "model": mname,
+                     **group[key]})
+        columns += [(label, model, d) for label, d in zip(labels, decodes)]
+    # Per-source rows follow the pooled ones, source by source, so any table lists them.
+    rows += [row for src in sorted(by_source) for row in by_source[src]]
     result = {"mode": "data", "data": [str(p) for p in cfg.data], "split": cfg.split,
-              "val_fraction": val_fraction, "images": n, "skipped": len(skipped),
-              "rows": rows, "notes": [], "sheet": None}
+              "val_fraction": val_fraction, "holdout": list(holdout), "images": n,
+              "skipped": len(skipped), "rows": rows, "notes": [], "sheet": None}
     if cfg.sheet:
-        count = min(cfg.sheet_images, n)
-        l8 = torch.stack([ds[i][0] for i in range(count)])
-        ab8 = torch.stack([ds[i][1] for i in range(count)])
-        columns = [[grey_baseline_lab(t[0].numpy()) for t in l8]]
+        # Spread over the set (which is sorted by source), so every source shows, not the first's.
+        picks = np.linspace(0, n - 1, min(cfg.sheet_images, n)).round().astype(int).tolist()
+        count = len(picks)
+        l8 = torch.stack([ds[i][0] for i in picks])
+        ab8 = torch.stack([ds[i][1] for i in picks])
+        result["sheet_pictures"] = [ds.name(i) for i in picks]
+        pics = [[grey_baseline_lab(t[0].numpy()) for t in l8]]
         with torch.inference_mode(), autocast(device, dtype):
-            for _, _, model, _ in models:
-                columns.append(predict_lab(model, l8, device, cfg.temperature))
-        columns.append([np.dstack([l[0].numpy(), a[0].numpy(), a[1].numpy()]) for l, a in zip(l8, ab8)])
-        rgb_rows = [[colour.lab_to_rgb(col[i]) for col in columns] for i in range(count)]
-        sheet = contact_sheet(["grey"] + names + ["truth"], rgb_rows, cfg.sheet_cell)
+            for _, model, d in columns:
+                pics.append(predict_lab(model, l8, device, cfg.temperature, d))
+        pics.append([np.dstack([l[0].numpy(), a[0].numpy(), a[1].numpy()]) for l, a in zip(l8, ab8)])
+        rgb_rows = [[colour.lab_to_rgb(col[i]) for col in pics] for i in range(count)]
+        sheet = contact_sheet(["grey"] + [c[0] for c in columns] + ["truth"], rgb_rows, cfg.sheet_cell)
         result["sheet"] = str(write_png(cfg.sheet, sheet))
         emit("sheet", {"path": result["sheet"], "images": count})
     return result

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import colour
+from .config import DECODES
 from .errors import one_line
 
 #: A training loss: (raw network output, uint8 L tiles, uint8 a/b tiles) -> scalar.
@@ -80,8 +81,10 @@ class SeedNet(nn.Module):
             x = layer(x)
         return x
 
-    def decode(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        return colour.ab8_to_units(raw[:, 1:].float())  # a regression model has no temperature
+    def decode(self, raw: torch.Tensor, temperature: float | None = None,
+               policy: str | None = None) -> torch.Tensor:
+        # A regression model has no distribution: no temperature, no certainty to decode by.
+        return colour.ab8_to_units(raw[:, 1:].float())
 
     # ------------------------------------------------------------ recipe
     def configure_optimizers(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -160,6 +163,13 @@ class MobileNetV2Encoder(nn.Module):
         return skips
 
 
+#: 'confident' decoding keeps full chroma where at least SURE_MASS of the distribution
+#: lies within SURE_RADIUS LAB units of the colour shown, and scales it down in proportion
+#: below that; calibrated on held-out photo collections (docs/quality.md, "Confident decoding").
+SURE_RADIUS = 30.0
+SURE_MASS = 1.0
+
+
 @dataclass
 class DefaultConfig:
     """MobileNetV2 U-Net predicting a distribution over a/b bins (Zhang et al. 2016)."""
@@ -167,6 +177,9 @@ class DefaultConfig:
     decoder: tuple = (256, 192, 128, 96)  # decoder widths at strides 32, 16, 8, 4
     bin_step: int = 10        # a/b bin size in LAB units; the sRGB gamut then has 255 bins
     temperature: float = 0.38  # annealed-mean T at decode: lower is livelier, higher is safer
+    decode: str = "annealed"   # one of config.DECODES; 'annealed' is how weights saved before it decode
+    sure_radius: float = SURE_RADIUS  # 'confident': LAB units around the colour shown that count as "that colour"
+    sure_mass: float = SURE_MASS      # 'confident': probability within sure_radius that keeps full chroma
     imagenet_mean: tuple = (0.485, 0.456, 0.406)  # the encoder was pretrained on ImageNet RGB
     imagenet_std: tuple = (0.229, 0.224, 0.225)   # ... with these statistics
 
@@ -216,11 +229,65 @@ class DefaultNet(nn.Module):
         x = self.up4(torch.cat([_up(x, s4), s4], 1))
         return self.head(self.refine(x))
 
-    def decode(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        """Annealed mean of the bin distribution: a/b in LAB units, (B, 2, h, w)."""
+    def decode(self, raw: torch.Tensor, temperature: float | None = None,
+               policy: str | None = None) -> torch.Tensor:
+        """a/b in LAB units, (B, 2, h, w), from the bin logits; fp32 whatever the autocast.
+
+        'annealed' (`policy` None: the config's own): the annealed mean at
+        `temperature`. 'confident': that mean with its chroma scaled by
+        `certainty` (1 where the model is sure, towards 0 where it could be
+        anything), so an unsure region stays near neutral instead of taking a
+        confident wrong colour.
+        """
+        policy = self.cfg.decode if policy is None else policy
+        if policy not in DECODES:
+            raise ValueError(f"unknown decode {policy!r} (use {', '.join(DECODES)})")
         t = self.cfg.temperature if temperature is None else temperature
-        p = torch.softmax(raw.float() / t, 1)
-        return torch.einsum("bqhw,qc->bchw", p, self.bins)
+        # Bins last: a view of channels_last logits (what the network gives), so the softmax
+        # runs along contiguous memory and the mean is one matmul, with no copies. Outside
+        # autocast: under it the matmul would run (and round its result) in bf16/fp16.
+        x = raw.float().permute(0, 2, 3, 1)
+        with torch.autocast(raw.device.type, enabled=False):
+            ab = torch.softmax(x / t, -1) @ self.bins
+            if policy == "confident":
+                ab = ab * self._certainty(x, ab)
+        return ab.permute(0, 3, 1, 2).contiguous()
+
+    def certainty(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """(B, 1, h, w) in [0, 1]: how sure the model is of the colour it would show.
+
+        The share of the T = 1 distribution (the model's own belief) within
+        `sure_radius` LAB units of the annealed mean at `temperature` (the
+        colour shown), divided by `sure_mass` and capped at 1. High where the
+        mass sits on one colour (sky, foliage, skin); low where it is split
+        between colours that could each be right (clothes, cars, backdrops),
+        where the annealed mean is a confident guess.
+        """
+        t = self.cfg.temperature if temperature is None else temperature
+        x = raw.float().permute(0, 2, 3, 1)
+        with torch.autocast(raw.device.type, enabled=False):
+            return self._certainty(x, torch.softmax(x / t, -1) @ self.bins).permute(0, 3, 1, 2)
+
+    def _certainty(self, x: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+        """Certainty (B, h, w, 1) from logits (B, h, w, Q) and the colour shown (B, h, w, 2)."""
+        b, h, w, q = x.shape
+        if h > 1 and w > 1:
+            # Certainty is as smooth as chroma: at half the logits' resolution it costs a
+            # quarter (a few ms a tile on a CPU) and is upsampled once at the end.
+            def half(t: torch.Tensor) -> torch.Tensor:
+                return F.avg_pool2d(t.permute(0, 3, 1, 2), 2, ceil_mode=True).permute(0, 2, 3, 1)
+            x, shown = half(x), half(shown)
+        # |bin - s|^2 <= r^2  <=>  [s, 1] . [2 bin, -|bin|^2] >= |s|^2 - r^2: one matmul, no
+        # tensor of (B, h, w, Q, 2) differences.
+        proj = torch.cat([2 * self.bins.t(), -(self.bins ** 2).sum(1)[None]])
+        lhs = torch.cat([shown, torch.ones_like(shown[..., :1])], -1) @ proj
+        near = lhs >= (shown ** 2).sum(-1, keepdim=True) - self.cfg.sure_radius ** 2
+        e = torch.exp(x - x.amax(-1, keepdim=True))
+        mass = torch.where(near, e, 0).sum(-1, keepdim=True) / e.sum(-1, keepdim=True)
+        if mass.shape[1:3] != (h, w):
+            mass = F.interpolate(mass.permute(0, 3, 1, 2), size=(h, w), mode="bilinear",
+                                 align_corners=False).permute(0, 2, 3, 1)
+        return (mass / self.cfg.sure_mass).clamp(0, 1)
 
     def output_size(self, size: int) -> int:
         """Side of the logits for a `size` tile: the stride-4 tap (two stride-2 convs, 'same' padding)."""
@@ -392,15 +459,16 @@ def model_config(model: nn.Module) -> tuple[str, dict[str, Any]]:
     raise ValueError(f"{type(model).__name__} is not in the model table")
 
 
-def predict_ab8(model: nn.Module, l8: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+def predict_ab8(model: nn.Module, l8: torch.Tensor, temperature: float | None = None,
+                decode: str | None = None) -> torch.Tensor:
     """uint8 L tiles (B, 1, S, S) on the model's device -> uint8 a/b (B, 2, h, w).
 
-    The whole batch stays on the device; the caller moves the small uint8
-    result to the host once per batch (no per-frame sync).
+    `temperature` and `decode` (one of DECODES) override the weights' own
+    (None keeps them). The whole batch stays on the device; the caller moves
+    the small uint8 result to the host once per batch (no per-frame sync).
     """
     raw = model(model_input(l8))
-    ab = model.decode(raw, temperature) if temperature is not None else model.decode(raw)
-    return colour.units_to_ab8(ab)
+    return colour.units_to_ab8(model.decode(raw, temperature, decode))
 
 
 def model_input(l8: torch.Tensor) -> torch.Tensor:

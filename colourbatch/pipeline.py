@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .config import RunConfig
+from .config import DECODES, RunConfig
 from .device import DeviceError, autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
 from .errors import ColourbatchError
 from .model import predict_ab8
@@ -58,6 +58,8 @@ class Colouriser:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        if cfg.decode is not None and cfg.decode not in DECODES:
+            raise PipelineError(f"unknown decode {cfg.decode!r} (use {', '.join(DECODES)})")
         try:
             model, self.metadata, self.weights = load_weights(cfg.weights, cfg.model)
             self.device, self.dtype = open_device(cfg.device, cfg.precision)
@@ -79,7 +81,7 @@ class Colouriser:
             tiles = tiles[:, None]
         x = tiles.to(self.device, non_blocking=True)
         with autocast(self.device, self.dtype):
-            ab = predict_ab8(self.model, x, self.cfg.temperature)
+            ab = predict_ab8(self.model, x, self.cfg.temperature, self.cfg.decode)
         return ab.cpu().numpy()  # one transfer (and sync) per batch, never per frame
 
 

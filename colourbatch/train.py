@@ -117,8 +117,10 @@ def _train(cfg, emit, device, dtype, rank, world, main):
                              f"processes, not {world}")
 
     train_set = split_dataset(cfg.data, "train", cfg.val_fraction, cfg.size, cfg.crops, cfg.seed,
-                              augment=True, on_skip=lambda p, why: emit("skip", {"path": p, "reason": why}))
-    val_set = split_dataset(cfg.data, "val", cfg.val_fraction, colour.TILE, seed=cfg.seed)
+                              augment=True, on_skip=lambda p, why: emit("skip", {"path": p, "reason": why}),
+                              holdout=cfg.holdout)
+    val_set = split_dataset(cfg.data, "val", cfg.val_fraction, colour.TILE, seed=cfg.seed,
+                            holdout=cfg.holdout)
     global_batch = cfg.batch_size * world
     if len(train_set) < global_batch:
         # drop_last would yield no batch at all and the loop below would never end.

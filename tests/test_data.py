@@ -187,3 +187,53 @@ def test_sampler_shards_ranks_evenly_and_disjointly():
     assert len(r0) == len(r1) == 14  # padded to 28 as DistributedSampler does
     assert set(r0) | set(r1) == set(range(27))
     assert list(ResumableSampler(27, seed=1, rank=1, world=2, offset=8)) == r1[4:]
+
+
+# ------------------------------------------------------ held-out sources
+@pytest.fixture
+def two_sources(tmp_path):
+    """photos/beach (3 pictures, one nested deeper) and photos/forest (4), plus a loose file."""
+    import cv2
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(5)
+    names = ["beach/a.png", "beach/b.jpg", "beach/deep/c.png",
+             "forest/a.png", "forest/d.png", "forest/e.png", "forest/f.jpg", "loose.png"]
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    return root
+
+
+def test_holdout_validates_on_whole_sources_never_trained_on(two_sources):
+    train = split_dataset([two_sources], "train", holdout=("beach",), size=16)
+    val = split_dataset([two_sources], "val", holdout=("beach",), size=16)
+    every = split_dataset([two_sources], "all", holdout=("beach",), size=16)
+    assert sorted(i.key for i in val.items) == ["photos/beach/a.png", "photos/beach/b.jpg",
+                                                "photos/beach/deep/c.png"]
+    assert {val.source(i) for i in range(len(val))} == {"beach"}
+    # Training holds every other picture (no path-hash share taken from it), none of the beach.
+    assert sorted(i.key for i in train.items) == ["photos/forest/a.png", "photos/forest/d.png",
+                                                  "photos/forest/e.png", "photos/forest/f.jpg",
+                                                  "photos/loose.png"]
+    assert {train.source(i) for i in range(len(train))} == {"forest", "photos"}
+    assert len(every.items) == 8
+    # Without holdout the path-hash split is unchanged and mixes sources.
+    hashed = split_dataset([two_sources], "val", 0.5, size=16)
+    assert {i.key for i in hashed.items} != {i.key for i in val.items}
+
+
+def test_holdout_of_a_whole_data_folder_and_refusals(two_sources, tmp_path, kaggle_dir):
+    import shutil
+
+    other = tmp_path / "cutouts"
+    shutil.copytree(two_sources / "forest", other)
+    val = split_dataset([two_sources, other], "val", holdout=("cutouts",), size=16)
+    assert sorted(i.key for i in val.items) == ["cutouts/a.png", "cutouts/d.png", "cutouts/e.png",
+                                                "cutouts/f.jpg"]
+    with pytest.raises(DataError, match=r"held-out source\(s\) desert are not .*beach, forest") as err:
+        split_dataset([two_sources], "val", holdout=("beach", "desert"), size=16)
+    assert err.value.exit_code == 2
+    with pytest.raises(DataError, match="no sources to hold out"):
+        split_dataset([kaggle_dir], "val", holdout=("beach",), size=16)

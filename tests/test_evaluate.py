@@ -239,6 +239,8 @@ def test_evaluate_set_refuses_bad_input_before_work(kaggle_dir, tmp_path):
         evaluate_set(EvalConfig(data=(str(kaggle_dir),), sheet=str(tmp_path)))
     with pytest.raises(EvalError, match="go together"):
         evaluate_set(EvalConfig(pred=str(tmp_path)))
+    with pytest.raises(EvalError, match="unknown decode 'vivid'"):  # before the weights are read
+        evaluate_set(EvalConfig(data=(str(kaggle_dir),), weights=(str(bad),), decode=("vivid",)))
     w = _weights(tmp_path, "s.pt")
     with pytest.raises(DataError, match="no such file or folder"):
         evaluate_set(EvalConfig(data=(str(tmp_path / "none"),), weights=(str(w),)))
@@ -379,3 +381,84 @@ def test_evaluate_video_scores_flicker_against_the_source(tmp_path):
     grey = evaluate_video(src, _film(tmp_path / "grey.mkv", 12, grey=True), limit=6)
     assert grey.frames == 6 and grey.source_warp_error is None and grey.psnr_ab is None
     assert grey.warp_error == pytest.approx(same.warp_error, rel=0.2)
+
+
+# ------------------------------------------------ held-out sources, decodings
+@pytest.fixture
+def sourced(tmp_path):
+    """photos/beach (2 pictures) and photos/forest (3): two sources."""
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(9)
+    for name in ("beach/a.png", "beach/b.png", "forest/c.png", "forest/d.png", "forest/e.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / name), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    return root
+
+
+def test_evaluate_per_held_out_source_and_pooled(sourced, tmp_path):
+    w = _weights(tmp_path, "s.pt")
+    res = evaluate_set(EvalConfig(data=(str(sourced),), weights=(str(w),), holdout=("beach", "forest"),
+                                  per_source=True, size=32, device="cpu", precision="fp32"))
+    assert res["holdout"] == ["beach", "forest"] and res["images"] == 5
+    names = [r["name"] for r in res["rows"]]
+    assert names == ["grey", "s", "grey @ beach", "s @ beach", "grey @ forest", "s @ forest"]
+    by = {r["name"]: r for r in res["rows"]}
+    assert by["s @ beach"]["images"] == 2 and by["s @ forest"]["images"] == 3
+    assert by["s @ beach"]["source"] == "beach"
+    # The pooled row is the pictures of both sources together.
+    pooled = (2 * by["s @ beach"]["psnr_rgb"] + 3 * by["s @ forest"]["psnr_rgb"]) / 5
+    assert by["s"]["psnr_rgb"] == pytest.approx(pooled)
+    # One source held out: only it is scored.
+    one = evaluate_set(EvalConfig(data=(str(sourced),), weights=(str(w),), holdout=("beach",),
+                                  size=32, device="cpu", precision="fp32"))
+    assert one["images"] == 2 and [r["name"] for r in one["rows"]] == ["grey", "s"]
+
+
+def test_evaluate_holds_out_what_the_weights_held_out(sourced, tmp_path):
+    path = tmp_path / "h.pt"
+    checkpoint.save(path, build_model("seed"), {"train_config": {"holdout": ["forest"]}})
+    res = evaluate_set(EvalConfig(data=(str(sourced),), weights=(str(path),), size=32,
+                                  device="cpu", precision="fp32"))
+    assert res["holdout"] == ["forest"] and res["images"] == 3
+
+
+def test_evaluate_scores_each_decoding_from_one_model(sourced, tmp_path):
+    seed, default = _weights(tmp_path, "seed.pt"), _weights(tmp_path, "default.pt", model="default")
+    sheet = tmp_path / "sheet.png"
+    res = evaluate_set(EvalConfig(data=(str(sourced),), weights=(str(default), str(seed)), split="all",
+                                  decode=("annealed", "confident"), size=32, device="cpu",
+                                  precision="fp32", sheet=str(sheet), sheet_images=2, sheet_cell=32))
+    names = [r["name"] for r in res["rows"]]
+    assert names == ["grey", "default[annealed]", "default[confident]", "seed"]  # the seed has one decoding
+    by = {r["name"]: r for r in res["rows"]}
+    # An untrained network is unsure everywhere (a near-uniform distribution): the annealed
+    # mean tints every picture, confident decoding keeps them nearly grey.
+    tint = by["default[annealed]"]["colourfulness"] - by["grey"]["colourfulness"]
+    assert tint > 1
+    assert by["default[confident]"]["colourfulness"] - by["grey"]["colourfulness"] < 0.2 * tint
+    img = cv2.imread(str(sheet))
+    assert img.shape[1] == 5 * 32 + 6 * 4  # grey | default x2 | seed | truth
+    # Its pictures are spread over the set, so both sources show.
+    assert res["sheet_pictures"] == ["photos/beach/a.png", "photos/forest/e.png"]
+
+
+def test_evaluate_command_passes_sources_and_decodings(sourced, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from colourbatch.cli import cli
+
+    w = _weights(tmp_path, "d.pt", model="default")
+    out = CliRunner().invoke(cli, ["evaluate", "--data", str(sourced), "--weights", str(w), "--holdout", "beach",
+                                   "--holdout", "forest", "--per-source", "--decode", "annealed",
+                                   "--decode", "confident", "--size", "32", "--precision", "fp32",
+                                   "--json", "-q"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout)
+    assert res["holdout"] == ["beach", "forest"] and res["images"] == 5
+    assert [r["name"] for r in res["rows"]][:3] == ["grey", "d[annealed]", "d[confident]"]
+    assert {r.get("source") for r in res["rows"]} == {None, "beach", "forest"}
+    bad = CliRunner().invoke(cli, ["evaluate", "--data", str(sourced), "--weights", str(w),
+                                   "--holdout", "desert", "-q"])
+    assert bad.exit_code == 2 and "held-out source(s) desert" in bad.output

@@ -146,3 +146,70 @@ def test_init_encoder_specs(tmp_path):
     assert torch.equal(net.encoder.features.state_dict()[first[len("features."):]], state[first])
     with pytest.raises(ValueError, match="mnv2.pth: not a torchvision mobilenet_v2"):
         net.init_encoder(str(tmp_path / "mnv2.pth"), lambda p: {"features.0.0.weight": torch.zeros(1)})
+
+
+# ------------------------------------------------------------ confident decoding
+def _mixture(m, colours, weights=None):
+    """Logits (1, Q, 1, 1) whose T = 1 distribution puts `weights` on the bins nearest `colours`."""
+    raw = torch.full((1, len(m.bins), 1, 1), -60.0)
+    weights = weights or [1.0] * len(colours)
+    for c, w in zip(colours, weights):
+        k = int(((m.bins - torch.tensor(c, dtype=torch.float32)) ** 2).sum(1).argmin())
+        raw[0, k] = torch.log(torch.tensor(w))
+    return raw
+
+
+def test_weights_saved_before_decode_policies_decode_as_they_did(tmp_path):
+    from colourbatch import checkpoint
+
+    torch.manual_seed(0)
+    m = build_model("default")
+    path = checkpoint.save(tmp_path / "old.pt", m)
+    blob = torch.load(path, weights_only=True)
+    for key in ("decode", "sure_radius", "sure_mass"):  # what a file saved before them lacks
+        blob["config"].pop(key)
+    old = checkpoint.model_from_blob(blob)
+    assert old.cfg.decode == "annealed"
+    raw = torch.randn(2, len(m.bins), 3, 3) * 3
+    annealed = torch.einsum("bqhw,qc->bchw", torch.softmax(raw / old.cfg.temperature, 1), old.bins)
+    assert torch.allclose(old.decode(raw), annealed, atol=1e-4)
+    # A file that says 'confident' decodes confidently unless told otherwise.
+    m.cfg.decode = "confident"
+    sure = checkpoint.model_from_blob(torch.load(checkpoint.save(tmp_path / "new.pt", m), weights_only=True))
+    assert sure.cfg.decode == "confident"
+    assert torch.equal(sure.decode(raw), sure.decode(raw, policy="confident"))
+    assert torch.allclose(sure.decode(raw, policy="annealed"), annealed, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown decode 'vivid'"):
+        sure.decode(raw, policy="vivid")
+
+
+def test_confident_decoding_keeps_sure_colour_and_neutralises_doubt():
+    m = build_model("default").eval()
+    m.cfg.sure_radius, m.cfg.sure_mass = 15.0, 0.75
+    # One colour: all the mass on the colour shown, full chroma (the annealed mean itself).
+    one = _mixture(m, [(40.0, -30.0)])
+    assert torch.allclose(m.decode(one, policy="confident"), m.decode(one, policy="annealed"))
+    assert m.certainty(one).item() == pytest.approx(1.0)
+    # Even odds between two colours 80 apart: the mean shown lies 40 from both, no mass near
+    # it, so the colour is neutral however lively the mean would be.
+    far = _mixture(m, [(60.0, 10.0), (-20.0, 10.0)])
+    assert m.decode(far, policy="annealed").norm() > 15
+    assert m.decode(far, policy="confident").abs().max() < 1e-6
+    # 60 % on one colour: a cold decoding shows (nearly) that colour, with 60 % of the mass
+    # near it: 0.6 / 0.75 = 0.8 of its chroma.
+    mix = _mixture(m, [(40.0, 0.0), (-40.0, 0.0)], [0.6, 0.4])
+    assert m.certainty(mix, 0.1).item() == pytest.approx(0.8, abs=1e-4)
+    assert torch.allclose(m.decode(mix, 0.1, "confident"), m.decode(mix, 0.1, "annealed") * 0.8, atol=1e-4)
+    # A warm decoding shows a colour between the two, near neither: less certain.
+    assert m.certainty(mix, 1.0).item() < 0.1
+
+
+def test_decoding_is_fp32_under_autocast():
+    torch.manual_seed(1)
+    m = build_model("default").eval()
+    raw = torch.randn(1, len(m.bins), 8, 8) * 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = {p: m.decode(raw.bfloat16(), policy=p) for p in ("annealed", "confident")}
+    for policy, ab in inside.items():
+        assert ab.dtype == torch.float32
+        assert torch.equal(ab, m.decode(raw.bfloat16(), policy=policy))

@@ -298,3 +298,31 @@ def test_a_diverging_loss_fails_part_way_with_exit_1(kaggle_dir, tmp_path, monke
         train(_cfg([kaggle_dir], tmp_path / "n.pt", model="nan", steps=3))
     assert err.value.exit_code == 1 and isinstance(err.value, TrainError)
     assert TrainError("x").exit_code == 2  # refusals before work
+
+
+def test_holdout_trains_without_a_source_and_validates_on_it(image_folder, tmp_path):
+    ev = _Events()
+    with within(120):
+        train(_cfg([image_folder], tmp_path / "h.pt", steps=3, batch_size=4, holdout=("sub",)), ev)
+    start = ev.of("start")[0]
+    # photos/sub holds the 5 odd pictures: all of them validate, none trains; the 5 even
+    # pictures and the cut-out (2 crops each) train.
+    assert start["val_images"] == 5 and start["train_images"] == 2 * 6
+    _, meta = checkpoint.load(tmp_path / "h.pt")
+    assert meta["train_config"]["holdout"] == ["sub"]  # evaluate holds out the same source
+
+
+def test_train_command_holds_out_sources(image_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from colourbatch.cli import cli
+
+    out = tmp_path / "c.pt"
+    args = ["train", "--data", str(image_folder), "--out", str(out), "--steps", "2", "--holdout", "sub",
+            "--model", "seed", "--batch-size", "4", "--size", "32", "--crops", "2", "--device", "cpu",
+            "--precision", "fp32", "--workers", "0", "--threads", "1", "--warmup", "0", "-q"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert checkpoint.read(out)["metadata"]["train_config"]["holdout"] == ["sub"]
+    r = CliRunner().invoke(cli, args[:8] + ["nowhere"] + args[9:])
+    assert r.exit_code == 2 and "held-out source(s) nowhere" in r.output
