@@ -245,6 +245,10 @@ E = C.EvalConfig
 @option(E, "pred", type=click.Path(file_okay=False),
         help="Folder of finished predictions, compared with --truth by relative path.")
 @option(E, "truth", type=click.Path(file_okay=False), help="Folder of the true colour pictures for --pred.")
+@option(E, "video", type=click.Path(dir_okay=False),
+        help="A coloured film to score for flicker (warp error) and colour against --source.")
+@option(E, "source", type=click.Path(dir_okay=False), help="The film --video was coloured from.")
+@option(E, "max_frames", type=click.IntRange(1), help="With --video: only the first N frames.")
 @option(E, "weights", multiple=True, type=click.Path(dir_okay=False),
         help="Weights file to score (repeatable) [default: the shipped default weights].")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON (for scripts).")
@@ -268,6 +272,7 @@ def evaluate(as_json, quiet, **values):
     colourbatch evaluate --data kaggle/                       shipped weights, validation split
     colourbatch evaluate --data photos/ --weights a.pt --weights b.pt --sheet sheet.png
     colourbatch evaluate --pred coloured/ --truth originals/ --json
+    colourbatch evaluate --video film.colour.mp4 --source film.mp4      flicker of a film
 
     \b
     Metrics: accuracy = 1 - MSE/7500 on 0..255 LAB (ColourMePy); PSNR on RGB and on
@@ -276,6 +281,13 @@ def evaluate(as_json, quiet, **values):
     rg = R - G, yb = (R + G)/2 - B; AuC = share of pixels with a/b error <= t averaged
     over t = 0..150 (Zhang et al. 2016), and its class-rebalanced form; L error =
     mean |L_pred - L_true| on 0..255. The grey row is a = b = 128.
+
+    \b
+    Films: warp error (Lai et al. 2018) = mean |a/b of frame t - a/b of frame t-1
+    warped onto it| in LAB units, the motion being DIS optical flow on the source's L
+    at 320x180, pixels failing the forward-backward check and pairs across a scene
+    cut left out; against a colour source also its own warp error (the floor), the
+    colourfulness ratio and PSNR of a/b.
     """
     from .evaluate import evaluate_set
 
@@ -624,6 +636,21 @@ def _eval_table(console, result: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    if result["mode"] == "video":
+        r = result["rows"][0]
+        table = Table(title=f"{result['video']} against {result['source']}",
+                      caption="warp error in LAB units: lower holds stiller; the source's own is the floor")
+        for name in ("frames", "pairs", "cuts", "warp error", "source's own", "colourfulness",
+                     "colour ratio", "PSNR ab"):
+            table.add_column(name, justify="right")
+
+        def num(v, f="{:.3f}"):
+            return "-" if v is None else f.format(v)
+        table.add_row(str(r["frames"]), str(r["pairs"]), str(r["cuts"]), num(r["warp_error"]),
+                      num(r["source_warp_error"]), num(r["colourfulness"], "{:.2f}"),
+                      num(r["colourfulness_ratio"], "{:.2f}"), num(r["psnr_ab"], "{:.2f}"))
+        console.print(table)
+        return
     if result["mode"] == "data":
         title = (f"{result['images']} pictures, {result['split']} split of "
                  f"{', '.join(result['data'])}")

@@ -183,6 +183,9 @@ class EvalConfig:
     weights: tuple = ()                # weights files to compare; empty: the shipped default weights
     pred: str | None = None            # folder of finished predictions (with truth: no model runs)
     truth: str | None = None           # folder of true colour pictures, matched to pred by path
+    video: str | None = None           # a coloured film, scored for flicker and colour against `source`
+    source: str | None = None          # the film `video` was coloured from (grey, or colour for the floor)
+    max_frames: int | None = None      # with video: compare only the first N frames (quick checks)
     max_images: int | None = None      # stop after this many pictures: quick checks on big sets
     temperature: float | None = None   # annealed-mean T for default models; None: the weights' own
     decode: tuple = ()                 # DECODES to score each default model with (a row each); empty: the weights' own

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -229,6 +229,15 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
     emit = on_event or (lambda kind, info: None)
     if cfg.sheet and Path(cfg.sheet).is_dir():
         raise EvalError(f"{cfg.sheet}: is a folder; give the contact sheet a file name")
+    if cfg.video or cfg.source:
+        if not (cfg.video and cfg.source):
+            raise EvalError("--video and --source go together")
+        if cfg.data or cfg.weights or cfg.pred or cfg.truth:
+            raise EvalError("--video/--source compare two films; they take no --data, --weights, --pred or --truth")
+        score = evaluate_video(cfg.video, cfg.source, cfg.max_frames)
+        return {"mode": "video", "video": str(cfg.video), "source": str(cfg.source), "split": None,
+                "rows": [{"name": Path(cfg.video).name, "weights": None, "model": None, **asdict(score)}],
+                "notes": [], "sheet": None}
     if cfg.pred or cfg.truth:
         if not (cfg.pred and cfg.truth):
             raise EvalError("--pred and --truth go together")

@@ -179,3 +179,24 @@ def test_evaluate_bad_input_is_one_error_line(tmp_path, kaggle_dir, args, messag
     r = _run("evaluate", *args)
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.output
     assert "Traceback" not in r.output
+
+
+def test_evaluate_a_film_against_its_source(tmp_path, make_clip, tiny_tinted_weights):
+    clip = make_clip("film.mkv", frames=12, codec="ffv1", pix_fmt="yuv444p")
+    coloured = tmp_path / "film.colour.mkv"
+    r = _run("video", clip, "-o", coloured, "--codec", "ffv1", "--weights", tiny_tinted_weights,
+             "--workers", 0, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = _run("evaluate", "--video", coloured, "--source", clip, "--json")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)["rows"][0]
+    assert row["frames"] == 12 and row["pairs"] == 11 and row["cuts"] == 0
+    assert row["warp_error"] > 0 and row["source_warp_error"] is None  # a grey source has no floor
+    # The grey film against itself holds perfectly still: the wiring reaches the metric.
+    still = json.loads(_run("evaluate", "--video", clip, "--source", clip, "--json").stdout)["rows"][0]
+    assert still["warp_error"] == 0.0
+    table = _run("evaluate", "--video", coloured, "--source", clip)
+    assert table.exit_code == 0 and "warp error" in table.stdout and f"{row['warp_error']:.3f}" in table.stdout
+    alone = _run("evaluate", "--video", coloured)
+    assert alone.exit_code == 2 and "--video and --source go together" in alone.stderr
+
