@@ -26,10 +26,10 @@ import struct
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -37,7 +37,7 @@ import torch
 
 from . import colour, files
 from .config import ARCHIVE_EXTS, PAGE_EXTS, PAGE_FORMATS, PagesConfig, RunConfig
-from .data import make_loader
+from .data import DataError, make_loader, to_rgb8
 from .errors import ColourbatchError, InputError, one_line
 from .pipeline import Colouriser, on_ray
 from .shard import Shard, resolve as resolve_shard
@@ -403,8 +403,6 @@ def decode_pages(data: bytes) -> list[np.ndarray]:
     by OpenCV. Animated WebP is refused by name: OpenCV would decode its first
     frame only.
     """
-    from .data import DataError, to_rgb8
-
     # The one place pages decode: OpenCV's [ WARN ] lines (libtiff, libpng) must not
     # reach the user; every refusal leaves as a one-line reason instead.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)

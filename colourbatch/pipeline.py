@@ -10,6 +10,7 @@ nothing here prints.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
+from .cluster import Unit, run_units
 from .config import DECODES, RunConfig
 from .device import DeviceError, autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
 from .errors import ColourbatchError
@@ -107,10 +109,6 @@ def on_ray(items: list[tuple[str, Any]], run: RunConfig, work: Callable[[Any, Co
     functools.partial of one); results and failures come back through the
     callbacks, in the driver process.
     """
-    from functools import partial
-
-    from .cluster import Unit, run_units
-
     def on_unit(kind: str, info: dict) -> None:
         if kind == "unit" and info["outcome"] == "done":
             on_result(info["key"], info["result"])
