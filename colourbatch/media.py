@@ -236,6 +236,7 @@ class Decoder:
         self.error: str | None = None
         self.frames = 0      # frames yielded
         self.dropped = 0     # frames dropped: duplicate timestamps, or too late to reorder
+        self.reached_end = False  # a frame at or past `end` was decoded: the part is whole
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
         with open_input(self.path) as c:
@@ -257,6 +258,7 @@ class Decoder:
                     if self.start is not None and t < self.start - 1e-6:
                         continue
                     if self.end is not None and t >= self.end - 1e-6:
+                        self.reached_end = True
                         break  # frames leave sorted: every later one is past the end too
                     # Scale to the first frame's size should the stream change resolution mid-way.
                     rgb = frame.to_ndarray(format="rgb24", width=w, height=h)

@@ -335,7 +335,8 @@ class FrameStream(IterableDataset):
             yield _batch(ls, tiles, pts, grey)
         elif grey:
             yield _batch([], [], [], grey)
-        yield {"end": True, "decoded": dec.frames, "dropped": dec.dropped, "error": dec.error or ""}
+        yield {"end": True, "decoded": dec.frames, "dropped": dec.dropped, "error": dec.error or "",
+               "reached_end": dec.reached_end}
 
 
 def _batch(ls, tiles, pts, grey) -> dict:
@@ -524,7 +525,9 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
     # Cut short? Compare where the last frame ends with where the film (or the part) should end.
     frame_s = float(1 / info.fps)
     shortfall = 0.0
-    if writer.last_pts is not None and info.duration and (end is None or end < info.duration):
+    # A part whose end was reached is whole, however long a VFR film's last frame before it lasts.
+    if writer.last_pts is not None and info.duration and (end is None or end < info.duration) \
+            and not end_item.get("reached_end"):
         stop = info.duration if end is None else end
         shortfall = stop - (float(writer.last_pts * info.time_base) - info.start_time) - frame_s
     counted = bool(info.frames) and start is None and end is None

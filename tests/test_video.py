@@ -563,3 +563,11 @@ def test_a_duplicate_timestamp_is_dropped_and_reported(tmp_path, run):
     assert rep.ok and rep.frames_out == 4 and rep.frames_dropped == 1
     frames, *_ = streams(tmp_path / "dup.out.mkv")
     assert [round(f.time * 1000) for f in frames] == [0, 34, 67, 101]
+
+
+def test_a_part_ending_inside_a_long_vfr_gap_is_whole(tmp_path, make_clip, run):
+    # tree.avi-like timing: frames seconds apart. A part ending at 2.5 s stops at the frame
+    # shown at 3.0 s; the last coloured frame is at 1.0 s, far from the end, yet nothing is lost.
+    clip = make_clip("vfr.mkv", frames=5, vfr_pts=[0, 1000, 3000, 4000, 6000])
+    rep = colour_video(clip, tmp_path / "part.mkv", run, VideoConfig(end=2.5))
+    assert rep.frames_out == 2 and not rep.truncated and rep.frames_lost == 0 and rep.ok
