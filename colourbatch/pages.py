@@ -666,7 +666,7 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
     """Colour every page under `inputs` into `pcfg.out`; returns what happened to each.
 
     Raises PlanError (exit 2) before any work when the run cannot start,
-    pipeline.PipelineError when the model cannot be loaded, data.WorkerError
+    CheckpointError/DeviceError/PipelineError (exit 2) when the model cannot be loaded, data.WorkerError
     (exit 1) when a reading worker dies; finished pages are kept and a re-run
     resumes. `run.shard` (or the scheduler's environment) restricts the run to
     one shard of the inputs; `run.ray` (or `run.ray_address`) runs each page file or archive as a

@@ -21,7 +21,7 @@ from torch import nn
 from . import checkpoint
 from .cluster import Unit, run_units
 from .config import DECODES, RunConfig
-from .device import DeviceError, autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
+from .device import autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
 from .errors import ColourbatchError
 from .model import predict_ab8
 
@@ -62,11 +62,9 @@ class Colouriser:
         self.cfg = cfg
         if cfg.decode is not None and cfg.decode not in DECODES:
             raise PipelineError(f"unknown decode {cfg.decode!r} (use {', '.join(DECODES)})")
-        try:
-            model, self.metadata, self.weights = load_weights(cfg.weights, cfg.model)
-            self.device, self.dtype = open_device(cfg.device, cfg.precision)
-        except (checkpoint.CheckpointError, DeviceError) as exc:
-            raise PipelineError(str(exc)) from None  # the engine could not start
+        # CheckpointError and DeviceError are ColourbatchErrors (exit 2): they leave as they are.
+        model, self.metadata, self.weights = load_weights(cfg.weights, cfg.model)
+        self.device, self.dtype = open_device(cfg.device, cfg.precision)
         self.model_name = checkpoint.model_config(model)[0]
         self.model = prepare_model(model, self.device).eval()
         self.pin = self.device.type == "cuda"

@@ -262,8 +262,7 @@ class WarpError:
         self.size = size
         self.dis = cv2.DISOpticalFlow_create(METRIC_PRESET)
         self.detector = CutDetector()
-        self.errors: list[float] = []              # the first a/b's error, pair by pair
-        self.stream_errors: list[list[float]] = []  # every a/b's (add's order), pair by pair
+        self.stream_errors: list[list[float]] = []  # every a/b's error (add's order), pair by pair
         self.prev: tuple[np.ndarray, list[np.ndarray]] | None = None
 
     def add(self, l8: np.ndarray, ab8: np.ndarray, *more: np.ndarray) -> float | None:
@@ -293,8 +292,12 @@ class WarpError:
         for ab, before, errors in zip(abs_, prev[1], self.stream_errors):
             delta = np.abs(ab - warp(before, coords))
             errors.append(float((0.5 * (delta[..., 0] + delta[..., 1]) * visible).sum() / seen))
-        self.errors.append(self.stream_errors[0][-1])
         return self.errors[-1]
+
+    @property
+    def errors(self) -> list[float]:
+        """The first a/b's error, pair by pair."""
+        return self.stream_errors[0] if self.stream_errors else []
 
     @property
     def value(self) -> float:

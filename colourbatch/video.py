@@ -440,7 +440,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
 
     Raises VideoError (its output appeared since planning, nothing to colour),
     MediaError (the encoder failed), files.WriteError (the output could not be
-    written) or pipeline.PipelineError (weights, device). Pass `colouriser` to
+    written) or CheckpointError/DeviceError/PipelineError (weights, device: exit 2). Pass `colouriser` to
     reuse one loaded model across several films.
     """
     vcfg = vcfg or VideoConfig()
