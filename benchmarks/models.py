@@ -3,7 +3,8 @@ fp32 and bf16 autocast, batch 32, channels_last, inference only.
 
     python benchmarks/models.py [--batch 32] [--repeats 5] [--threads N]
 
-Prints a table; numbers are medians of `repeats` timed batches after one
+Prints a table, then the cost of turning a bin-distribution model's logits
+into a/b (its `decode`, each decoding policy, ms a tile); numbers are medians of `repeats` timed batches after one
 warm-up, all measured in this one run so the ratios between rows hold even on
 a noisy shared machine.
 """
@@ -14,6 +15,7 @@ import time
 import torch
 
 from colourbatch import checkpoint
+from colourbatch.config import DECODES
 from colourbatch.device import autocast, prepare_model, set_cpu_threads
 from colourbatch.model import predict_ab8
 
@@ -64,6 +66,16 @@ def main():
             row.append(args.batch / statistics.median(times))
         params = sum(p.numel() for p in model.parameters())
         print(f"{name:10} {params:>9,} {gmacs:10.2f} {row[0]:11.1f} {row[1]:11.1f}")
+        if hasattr(model, "bins"):  # a distribution over a/b bins: time its decoding alone
+            with torch.inference_mode():
+                raw = model(x[:16].float().div(255).contiguous(memory_format=torch.channels_last))
+                for policy in DECODES:
+                    times = []
+                    for _ in range(args.repeats + 1):
+                        t = time.perf_counter()
+                        model.decode(raw, policy=policy)
+                        times.append(time.perf_counter() - t)
+                    print(f"{'':10} decode {policy:10} {1000 * statistics.median(times[1:]) / 16:6.1f} ms a tile")
 
 
 if __name__ == "__main__":

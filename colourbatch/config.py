@@ -141,7 +141,7 @@ class TrainConfig:
     model: str | None = None         # a name from the model table; None = 'default', or the resumed checkpoint's own
     steps: int | None = None         # optimiser steps; wins over epochs
     epochs: float | None = None      # passes over the training split when steps is not given (1 if neither)
-    max_minutes: float | None = None  # wall-clock budget: stop cleanly and save when it runs out
+    max_minutes: float | None = None  # wall-clock budget, checked at each log step: stop cleanly and save
     batch_size: int = 16             # per process; 16 keeps a 2-core CPU busy without waste
     lr: float | None = None          # None: the model's own recipe (its entry in the model table)
     weight_decay: float = 1e-4       # AdamW decay where the model's recipe uses AdamW

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, default_convert
 
-from . import colour
+from . import colour, files
 from .config import SPLITS, VAL_FRACTION
 from .errors import EXIT_FAILED, ColourbatchError, InputError, one_line
 
@@ -48,8 +48,8 @@ class DataError(ColourbatchError):
 class ImageError(InputError, ValueError):
     """One picture that cannot be read or converted: skipped and listed, the rest go on (exit 1).
 
-    Also a ValueError only so that pages.decode_page, which catches ValueError
-    around to_rgb8 today, keeps catching it; drop that base once it catches InputError.
+    Also a ValueError, as the data errors it replaced were: callers that catch a
+    bad value around a conversion keep working.
     """
 
 
@@ -145,13 +145,12 @@ class KaggleDataset(Dataset):
 
 # ---------------------------------------------------------------- image folders
 def list_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under `root`, recursively, in a stable order (hidden files skipped)."""
+    """Image files under `root`, recursively, in a stable order (files.walk: hidden files and
+    folders passed over, folder links not followed)."""
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(p for p in files.walk(root).files if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
 def read_colour_image(path: str | os.PathLike, max_side: int = 0,

@@ -97,6 +97,14 @@ class Metrics:
         # hist[bin, t]: pixels of true a/b bin `bin` whose error rounds up to t (t > 150 -> 151).
         self.hist = np.zeros((_NB * _NB, AUC_MAX + 2), np.int64)
 
+    def merge(self, other: "Metrics") -> "Metrics":
+        """Add `other`'s pictures: the result is as if each had been updated here."""
+        self.n += other.n
+        self.hist += other.hist
+        for k, v in other.sums.items():
+            self.sums[k] += v
+        return self
+
     def update(self, pred_lab: np.ndarray, true_lab: np.ndarray) -> None:
         if pred_lab.shape != true_lab.shape:
             raise ValueError(f"prediction {pred_lab.shape} and truth {true_lab.shape} differ in size")
@@ -188,18 +196,20 @@ def evaluate_model(model, loader, device, dtype, temperature: float | None = Non
                 pics = {n: p[i] for n, p in preds.items()}
                 if grey:
                     pics["grey"] = grey_baseline_lab(l_np[i, 0])
-                groups = [pooled]
-                if sources is not None:
-                    groups.append(split.setdefault(sources[seen], {n: Metrics() for n in pooled}))
-                for group in groups:
-                    for n, pic in pics.items():
-                        group[n].update(pic, true_lab)
+                # Per source when asked (the pooled row is their merge): each picture is scored once.
+                group = pooled if sources is None else split.setdefault(sources[seen],
+                                                                        {n: Metrics() for n in pooled})
+                for n, pic in pics.items():
+                    group[n].update(pic, true_lab)
                 seen += 1
             if on_batch:
                 on_batch(seen)
             if max_images is not None and seen >= max_images:
                 break
     model.train(was_training)
+    for group in split.values():
+        for n, m in group.items():
+            pooled[n].merge(m)
     out: dict[str, Any] = {n: m.result() for n, m in pooled.items()}
     if sources is not None:
         out["by_source"] = {src: {n: m.result() for n, m in group.items()}
@@ -252,6 +262,16 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
     return _evaluate_models(cfg, emit)
 
 
+def held_out_split(metadata: dict, val_fraction: float | None = None,
+                   holdout: tuple = ()) -> tuple[float, tuple]:
+    """(val_fraction, held-out sources) to score weights on: what is asked, else what their
+    training held out (its train_config), else the shared default."""
+    tc = metadata.get("train_config") or {}
+    if val_fraction is None:
+        val_fraction = float(tc.get("val_fraction") or VAL_FRACTION)
+    return val_fraction, tuple(holdout or tc.get("holdout") or ())
+
+
 def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
     # Every weights file is loaded before any long work, so a bad one fails at once.
     models = []
@@ -260,11 +280,7 @@ def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
         models.append((path, model_config(model)[0], model, meta))
     names = _row_names([p for p, *_ in models])
     # Score on the split the (first) model was held out from, not a different one.
-    tc = models[0][3].get("train_config") or {}
-    val_fraction = cfg.val_fraction
-    if val_fraction is None:
-        val_fraction = float(tc.get("val_fraction") or VAL_FRACTION)
-    holdout = tuple(cfg.holdout or tc.get("holdout") or ())
+    val_fraction, holdout = held_out_split(models[0][3], cfg.val_fraction, cfg.holdout)
     device, dtype = open_device(cfg.device, cfg.precision)
 
     skipped: list[str] = []

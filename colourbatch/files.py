@@ -33,6 +33,13 @@ def temp_path(dest: str | os.PathLike) -> Path:
     return dest.with_name(f".{dest.stem}.{secrets.token_hex(4)}{TMP_TAG}{dest.suffix}")
 
 
+def path_key(path: str | os.PathLike) -> Path:
+    """A path as the file system sees it (its folder's links resolved; the file itself need not
+    exist): the key that tells an output from an input, or two outputs apart."""
+    path = Path(path)
+    return Path(os.path.realpath(path.absolute().parent)) / path.name
+
+
 def temp_target(path: str | os.PathLike) -> Path | None:
     """The destination a temporary file of temp_path() was for, or None for any other file."""
     path = Path(path)

@@ -263,10 +263,9 @@ class DefaultNet(nn.Module):
         between colours that could each be right (clothes, cars, backdrops),
         where the annealed mean is a confident guess.
         """
-        t = self.cfg.temperature if temperature is None else temperature
-        x = raw.float().permute(0, 2, 3, 1)
+        shown = self.decode(raw, temperature, "annealed").permute(0, 2, 3, 1)
         with torch.autocast(raw.device.type, enabled=False):
-            return self._certainty(x, torch.softmax(x / t, -1) @ self.bins).permute(0, 3, 1, 2)
+            return self._certainty(raw.float().permute(0, 2, 3, 1), shown).permute(0, 3, 1, 2)
 
     def _certainty(self, x: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
         """Certainty (B, h, w, 1) from logits (B, h, w, Q) and the colour shown (B, h, w, 2)."""

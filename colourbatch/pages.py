@@ -37,7 +37,7 @@ import torch
 
 from . import colour, files
 from .config import ARCHIVE_EXTS, PAGE_EXTS, PAGE_FORMATS, PagesConfig, RunConfig
-from .data import DataError, make_loader, to_rgb8
+from .data import make_loader, to_rgb8
 from .errors import ColourbatchError, InputError, one_line
 from .pipeline import Colouriser, on_ray
 from .shard import Shard, resolve as resolve_shard
@@ -57,6 +57,10 @@ STAGE_TAG = ".colourbatch-parts"
 #: What reading a hostile or damaged zip member can raise (bad CRC, lying sizes, encryption, codecs).
 ZIP_ERRORS = (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError, ValueError,
               zlib.error, lzma.LZMAError)
+
+# OpenCV's [ WARN ] lines (libtiff, libpng) must not reach the user: every refusal leaves
+# as a one-line reason instead. Set once, as media.py silences FFmpeg once.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 # OpenCV's own decoder limit, as a second line of defence for formats whose
 # header we do not read ourselves (TIFF). Read by OpenCV at its first decode.
@@ -182,13 +186,13 @@ def plan_pages(inputs: list[str | os.PathLike], out: str | os.PathLike, fmt: str
 
 def _check_outputs(sources: list[tuple[Path, Path]], out: Path, out_ext: str | None) -> None:
     """PlanError when an output would replace an input, or two inputs share an output."""
-    inputs = {_key(f) for f, _ in sources}
+    inputs = {files.path_key(f) for f, _ in sources}
     seen: dict[Path, Path] = {}
     for f, base in sources:
         dest = out / f.relative_to(base)
         archive = f.suffix.lower() in ARCHIVE_EXTS
         for d in _output_names(dest, None if archive else out_ext):
-            k = _key(d)
+            k = files.path_key(d)
             if k in inputs:
                 raise PlanError(f"an output would replace the input {d}; choose another -o")
             if seen.setdefault(k, f) != f:
@@ -200,11 +204,6 @@ def _output_names(dest, out_ext: str | None) -> set:
     """Every name a page may be written under: the new format's, and its own (a colour
     page is copied through unchanged). Works on Paths and on archive member names."""
     return {dest, dest.with_suffix(out_ext)} if out_ext else {dest}
-
-
-def _key(path: Path) -> Path:
-    """A path as the file system sees it (folder links resolved), for comparing outputs with inputs."""
-    return Path(os.path.realpath(path.parent)) / path.name
 
 
 def _plan_archive(plan: Plan, src: Path, dest: Path, out_ext: str | None, overwrite: bool) -> None:
@@ -394,7 +393,7 @@ def page_bytes(job: PageJob, cache: dict | None = None) -> bytes:
     return files.read_limited(job.path, MAX_MEMBER_BYTES)
 
 
-def decode_pages(data: bytes) -> list[np.ndarray]:
+def decode_pages(data: bytes, pages: int | None = None) -> list[np.ndarray]:
     """Bytes of a page file -> its pictures as uint8 RGB; raises PageError with the reason.
 
     One picture, or every page of a multi-page TIFF (a chapter; its pixels
@@ -402,10 +401,9 @@ def decode_pages(data: bytes) -> list[np.ndarray]:
     alpha is flattened onto white (paper), palette and CMYK pages are expanded
     by OpenCV. Animated WebP is refused by name: OpenCV would decode its first
     frame only.
+
+    `pages` is the TIFF page count when the caller has read it already.
     """
-    # The one place pages decode: OpenCV's [ WARN ] lines (libtiff, libpng) must not
-    # reach the user; every refusal leaves as a one-line reason instead.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     if not data:
         raise PageError("empty file (0 bytes)")
     size = header_size(data)
@@ -415,7 +413,7 @@ def decode_pages(data: bytes) -> list[np.ndarray]:
     if why:
         raise PageError(why)
     buf = np.frombuffer(data, np.uint8)
-    if tiff_pages(data) > 1:
+    if (tiff_pages(data) if pages is None else pages) > 1:
         ok, imgs = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
         imgs = list(imgs) if ok else []
     else:
@@ -430,10 +428,7 @@ def decode_pages(data: bytes) -> list[np.ndarray]:
         h, w = img.shape[:2]
         if min(h, w) < MIN_SIDE:
             raise PageError(f"{w}x{h} is too small to colour (under {MIN_SIDE} px on a side)")
-    try:
-        return [to_rgb8(img, (255, 255, 255)) for img in imgs]
-    except DataError as exc:
-        raise PageError(str(exc)) from None
+    return [to_rgb8(img, (255, 255, 255)) for img in imgs]  # data.ImageError: an InputError too
 
 
 def _check_pixels(pixels: int, what: str) -> None:
@@ -443,7 +438,8 @@ def _check_pixels(pixels: int, what: str) -> None:
 
 def animated(data: bytes) -> str | None:
     """Why an animated WebP is not coloured, or None."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] == b"VP8X" and data[20] & 0x02:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] == b"VP8X" and len(data) > 20 \
+            and data[20] & 0x02:
         return f"animated WebP ({_webp_frames(data)} frames) not coloured: only still pages are"
     return None
 
@@ -633,7 +629,7 @@ class PageDataset:
             if n > 1 and job.out_ext not in (".tif", ".tiff"):
                 raise PageError(f"multi-page TIFF ({n} pages) can only be written as TIFF; "
                                 f"not coloured as {job.out_ext}")
-            pics = decode_pages(data)
+            pics = decode_pages(data, n)  # the TIFF's page count, read once
             grey = [self.recolour or colour.is_greyscale(rgb) for rgb in pics]
             if not any(grey):
                 return {"i": i, "kind": "copy", "data": data}

@@ -56,9 +56,10 @@ def train(cfg: TrainConfig, on_event: Callable[[str, dict], None] | None = None)
     emit = on_event or (lambda kind, info: None)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    resume_blob = ckpt.read(cfg.resume) if cfg.resume else None  # read once, checked in _train
     if cfg.model is None:
         # Resuming continues the checkpoint's own model unless told otherwise.
-        cfg = replace(cfg, model=ckpt.read(cfg.resume)["model"] if cfg.resume else DEFAULT_MODEL)
+        cfg = replace(cfg, model=resume_blob["model"] if resume_blob else DEFAULT_MODEL)
     if cfg.threads is None and world > 1:
         # torchrun's processes on one machine share its cores: don't oversubscribe them.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
@@ -75,13 +76,13 @@ def train(cfg: TrainConfig, on_event: Callable[[str, dict], None] | None = None)
     if not main:
         emit = lambda kind, info: None  # noqa: E731 - only rank 0 reports
     try:
-        return _train(cfg, emit, device, dtype, rank, world, main)
+        return _train(cfg, emit, device, dtype, rank, world, main, resume_blob)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _train(cfg, emit, device, dtype, rank, world, main):
+def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
     out = Path(cfg.out)
     ck_path = Path(cfg.checkpoint) if cfg.checkpoint else out.with_name(out.name + ".ckpt")
     for p in (out, ck_path):
@@ -94,8 +95,8 @@ def _train(cfg, emit, device, dtype, rank, world, main):
     # the data is read: the model and its optimiser come first.
     torch.manual_seed(cfg.seed)
     notes: dict[str, Any] = {}
-    resume_blob = _read_resume(cfg) if cfg.resume else None
     if resume_blob is not None:
+        _check_resume(cfg, resume_blob)
         net = ckpt.model_from_blob(resume_blob, cfg.resume).train()
         # Facts about how the run began stay true after a resume.
         notes.update({k: v for k, v in resume_blob["metadata"].items() if k == "encoder_init"})
@@ -188,13 +189,16 @@ def _train(cfg, emit, device, dtype, rank, world, main):
             acc_n += 1
             step += 1
             seen += global_batch
-            over_time = (cfg.max_minutes is not None
-                         and (time.monotonic() - t0) / 60.0 >= cfg.max_minutes)
-            if cfg.max_minutes is not None and world > 1:
-                # Ranks' clocks differ: all must stop on the same step or the others hang.
-                flag = torch.tensor([float(over_time)], device=device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                over_time = bool(flag.item())
+            # The clock is read on log steps only: under DDP the check is a collective (ranks'
+            # clocks differ, and all must stop on the same step or the others hang) and a host
+            # sync, which the loop allows itself only every log_every steps.
+            over_time = False
+            if cfg.max_minutes is not None and step % cfg.log_every == 0:
+                over_time = (time.monotonic() - t0) / 60.0 >= cfg.max_minutes
+                if world > 1:
+                    flag = torch.tensor([float(over_time)], device=device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                    over_time = bool(flag.item())
             last = step >= total or over_time
             if step % cfg.log_every == 0 or last:
                 now = time.monotonic()
@@ -247,12 +251,10 @@ def _save(cfg, net, opt, step, seen, world, seconds, metrics, out, ck_path, note
     ckpt.save(out, net, meta, half=True)
 
 
-def _read_resume(cfg: TrainConfig) -> dict[str, Any]:
-    """The --resume file, validated: a training checkpoint of the model asked for."""
-    blob = ckpt.read(cfg.resume)
+def _check_resume(cfg: TrainConfig, blob: dict[str, Any]) -> None:
+    """The --resume file must be a training checkpoint of the model asked for."""
     if "train" not in blob:
         raise TrainError(f"{cfg.resume}: holds weights only, no training state to resume "
                          f"(use the .ckpt file training wrote)")
     if blob["model"] != cfg.model:
         raise TrainError(f"{cfg.resume}: is a '{blob['model']}' checkpoint, not '{cfg.model}'")
-    return blob

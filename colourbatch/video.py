@@ -258,20 +258,16 @@ def _check_writable(folder: Path) -> None:
 
 def _check_collisions(sources: list[Path], dsts: list[Path]) -> None:
     """VideoPlanError when an output is an input, or two inputs would write one output."""
-    inputs = {_key(s): s for s in sources}
+    inputs = {files.path_key(s): s for s in sources}
     seen: dict[Path, Path] = {}
     for src, dst in zip(sources, dsts):
-        key = _key(dst)
+        key = files.path_key(dst)
         if key in inputs or any(_same_file(dst, s) for s in sources):
             raise VideoPlanError(f"{dst}: output is the input {inputs.get(key, src)}; choose another -o")
         if key in seen:
             raise VideoPlanError(f"{dst}: both {seen[key].name} and {src.name} would be written here; "
                                  f"colour them in separate runs or into separate folders")
         seen[key] = src
-
-
-def _key(path: Path) -> Path:
-    return path.absolute().parent.resolve() / path.name
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -2,7 +2,6 @@
 import os
 import pickle
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -156,7 +155,7 @@ def test_read_tensors_takes_only_a_dict_of_tensors(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
-def test_paths_that_are_not_files_are_refused_without_reading(tmp_path, kind):
+def test_paths_that_are_not_files_are_refused_without_reading(tmp_path, kind, deadline):
     p = tmp_path / "w.pt"
     if kind == "folder":
         p.mkdir()
@@ -164,16 +163,9 @@ def test_paths_that_are_not_files_are_refused_without_reading(tmp_path, kind):
         os.mkfifo(p)  # torch.load would block on it forever
     else:
         p.symlink_to("/dev/zero")  # ... or read without end
-    def hung(*_):
-        raise TimeoutError("checkpoint.load blocked on a path that is not a file")
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(10)  # a regression would hang the suite: fail instead
-    try:
-        with pytest.raises(checkpoint.CheckpointError, match="not a regular file .* not a weights file"):
-            checkpoint.load(p)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+    with deadline(10), pytest.raises(checkpoint.CheckpointError,
+                                     match="not a regular file .* not a weights file"):
+        checkpoint.load(p)  # a regression would block on it: the deadline fails the test instead
 
 
 def test_bare_state_dict_needs_model_name(tmp_path):

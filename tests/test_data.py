@@ -162,7 +162,7 @@ def test_unusable_pixels_are_one_input_error_not_a_data_set_error():
         with pytest.raises(ImageError, match="unsupported") as err:
             to_rgb8(img)
         assert isinstance(err.value, InputError) and err.value.exit_code == 1
-        assert isinstance(err.value, ValueError)  # pages.decode_page still catches ValueError
+        assert isinstance(err.value, ValueError)  # as the data errors it replaced
 
 
 def test_training_crops_are_reproducible(image_folder):

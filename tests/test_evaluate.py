@@ -215,8 +215,11 @@ def test_evaluate_uses_the_split_and_fraction_training_uses(image_folder, tmp_pa
     held_out = split_dataset([image_folder], "val", VAL_FRACTION, 32)
     assert res["val_fraction"] == VAL_FRACTION and res["images"] == len(held_out) >= 1
     assert len(trained_on) == 3 * (11 - len(held_out))
-    # Unaugmented, every picture is squeezed whole: the same tile on every call.
-    assert torch.equal(held_out[0][1], held_out[0][1])
+    # Unaugmented, every picture is squeezed whole: no crop, no flip.
+    from colourbatch import colour
+    whole = colour.l_tile(held_out.items[0].lab, 32)
+    assert torch.equal(held_out[0][0], torch.from_numpy(np.ascontiguousarray(whole[..., 0]))[None])
+    assert torch.equal(held_out[0][1], torch.from_numpy(np.ascontiguousarray(whole[..., 1:])).permute(2, 0, 1))
 
 
 def test_evaluate_without_shipped_weights_says_so(kaggle_dir, tmp_path, monkeypatch):
@@ -462,3 +465,14 @@ def test_evaluate_command_passes_sources_and_decodings(sourced, tmp_path):
     bad = CliRunner().invoke(cli, ["evaluate", "--data", str(sourced), "--weights", str(w),
                                    "--holdout", "desert", "-q"])
     assert bad.exit_code == 2 and "held-out source(s) desert" in bad.output
+
+
+def test_merged_accumulators_equal_one_over_all_pictures():
+    rng = np.random.default_rng(3)
+    pairs = [(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8), rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+             for _ in range(5)]
+    whole, a, b = Metrics(), Metrics(), Metrics()
+    for k, (p, t) in enumerate(pairs):
+        whole.update(p, t)
+        (a if k < 2 else b).update(p, t)
+    assert a.merge(b).result() == pytest.approx(whole.result())

@@ -497,6 +497,12 @@ def test_animated_pictures_are_listed_not_dropped(tmp_path, seed_weights):
     assert report.done == [str(src / "still.webp")]
 
 
+def test_a_cut_off_webp_header_is_a_listed_failure():
+    # 20 bytes that start like an extended WebP: too short to hold the animation flag.
+    with pytest.raises(pages.PageError):
+        pages.decode_pages(b"RIFF\x00\x00\x00\x00WEBPVP8X\x00\x00\x00\x00")
+
+
 def test_gif_in_an_archive_is_kept_and_said(tmp_path, seed_weights):
     ok, gif = cv2.imencode(".gif", cv2.cvtColor(line_art(30, 30), cv2.COLOR_GRAY2BGR))
     assert ok

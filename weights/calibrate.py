@@ -17,15 +17,13 @@ the other collections only. The shipped weights saw every collection in
 training (other pictures of it), so these numbers are optimistic.
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from colourbatch import colour
 from colourbatch.data import split_dataset
 from colourbatch.device import autocast
-from colourbatch.evaluate import Metrics, grey_baseline_lab, merged_lab
+from colourbatch.evaluate import Metrics, grey_baseline_lab, held_out_split, merged_lab
 from colourbatch.model import model_input
 from colourbatch.pipeline import load_weights
 
@@ -37,10 +35,7 @@ def pooled(parts):
     """One Metrics result from several sources' accumulators."""
     total = Metrics()
     for m in parts:
-        total.n += m.n
-        total.hist += m.hist
-        for k in total.sums:
-            total.sums[k] += m.sums[k]
+        total.merge(m)
     return total.result()
 
 
@@ -53,8 +48,8 @@ def main() -> None:
     weights = sys.argv[1] if len(sys.argv) > 1 else "weights/default.pt"
     data = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/photos"
     model, meta, _ = load_weights(weights)
-    val_fraction = float((meta.get("train_config") or {}).get("val_fraction") or 0.05)
-    ds = split_dataset([data], "val", val_fraction)
+    val_fraction, holdout = held_out_split(meta)
+    ds = split_dataset([data], "val", val_fraction, holdout=holdout)
     l8 = torch.stack([ds[i][0] for i in range(len(ds))])
     ab8 = torch.stack([ds[i][1] for i in range(len(ds))])
     src = [ds.source(i) for i in range(len(ds))]

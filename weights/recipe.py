@@ -9,7 +9,7 @@
 Equivalent CLI: colourbatch train --data ../shared/data/photos --data
 ../shared/data/cutouts --data ../shared/data/animation --model MODEL
 --out weights/MODEL.pt --steps 4000 --batch-size 16 --size 176 --crops 8
---val-fraction 0.06 --threads 1 --workers 1 --max-minutes 85
+--val-fraction 0.06 --val-every 250 --val-images 64 --ckpt-every 250 --threads 1 --workers 1 --max-minutes 85
 (the two models were trained side by side, one core each, on a 2-core CPU).
 Progress goes to stdout as JSON lines.
 """
