@@ -133,6 +133,11 @@ def main():
         help="Also colour pages that are already in colour (default: copy them through untouched).")
 @option(C.PagesConfig, "overwrite", is_flag=True,
         help="Redo pages whose output exists (default: skip them, so a re-run resumes).")
+@option(C.PagesConfig, "style", type=click.Choice(C.STYLES),
+        help="photo: keep each page's own L and add colour (photos, paintings, grey-shaded art); "
+             "drawn: lay flat colour under the ink (line art, manga, screentone); auto: decide per page.")
+@option(C.PagesConfig, "page_weights", type=click.Path(dir_okay=False),
+        help="Weights for drawn pages [default: the shipped weights/page.pt].")
 @run_options
 @click.pass_context
 def pages(ctx, inputs, quiet, **values):
@@ -143,7 +148,11 @@ def pages(ctx, inputs, quiet, **values):
     colours a 224x224 tile of the page's L, and the predicted colour is
     upsampled and merged with the page's own full-resolution L, so line art
     stays as sharp as the input. Pages more elongated than 1:2 are coloured
-    in overlapping windows. Grey detection: pages already in colour are copied
+    in overlapping windows. Drawn pages (mostly paper and ink, by a rule on
+    the page's histogram; --style overrides it) get a flat colour layer laid
+    under the ink instead: ink and lettering stay exactly as they were, paper
+    takes colour, closed regions take one flat colour each and speech balloons
+    stay white. Grey detection: pages already in colour are copied
     through unless --recolour. An output that would replace an input, or that
     two inputs would share, is refused before any work. Exit code: 0 every
     page done, 1 some failed (listed at the end), 2 the run could not start.
@@ -242,6 +251,10 @@ E = C.EvalConfig
 @option(E, "holdout", multiple=True, metavar="SOURCE",
         help="Held-out sources as train takes them (repeatable) [default: the first weights' own].")
 @option(E, "per_source", is_flag=True, help="A row per source as well as the pooled one.")
+@option(E, "drawn", is_flag=True,
+        help="Score page models on drawn pages: each picture under --data drawn as ink on paper, "
+             "coloured as `pages --style drawn` does, against the picture [default weights: the "
+             "shipped page model].")
 @option(E, "pred", type=click.Path(file_okay=False),
         help="Folder of finished predictions, compared with --truth by relative path.")
 @option(E, "truth", type=click.Path(file_okay=False), help="Folder of the true colour pictures for --pred.")
@@ -273,6 +286,7 @@ def evaluate(as_json, quiet, **values):
     colourbatch evaluate --data photos/ --weights a.pt --weights b.pt --sheet sheet.png
     colourbatch evaluate --pred coloured/ --truth originals/ --json
     colourbatch evaluate --video film.colour.mp4 --source film.mp4      flicker of a film
+    colourbatch evaluate --drawn --data held-out-art/ --sheet drawn.png  drawn pages
 
     \b
     Metrics: accuracy = 1 - MSE/7500 on 0..255 LAB (ColourMePy); PSNR on RGB and on
@@ -288,6 +302,11 @@ def evaluate(as_json, quiet, **values):
     at 320x180, pixels failing the forward-backward check and pairs across a scene
     cut left out; against a colour source also its own warp error (the floor), the
     colourfulness ratio and PSNR of a/b.
+
+    \b
+    Drawn pages: the "page" row is the uncoloured page; ink kept = share of ink pixels
+    (L < 35) within 5 L of the page; white kept = share of the truth's white (L > 95,
+    chroma < 5) left white; coloured = share of the non-ink area with chroma > 10.
     """
     from .evaluate import evaluate_set
 
@@ -400,7 +419,9 @@ def _bar(console, unit: str):
 
 def _engine_line(info: dict) -> str:
     state = "trained" if info["trained"] else "UNTRAINED"
-    return f"model {info['model']} ({state}) from {info['weights']} on {info['device']} {info['precision']}"
+    used = f" for {info['style']} pages" if "style" in info else ""
+    return (f"model {info['model']} ({state}){used} from {info['weights']} on {info['device']} "
+            f"{info['precision']}")
 
 
 class _BarView:
@@ -451,13 +472,17 @@ class _PagesView(_BarView):
 def _pages_summary(console, report, out, quiet: bool) -> None:
     n_fail = len(report.failed)
     rate = len(report.done) / report.seconds if report.seconds > 0 else 0.0
-    line = (f"{len(report.done)} coloured, {len(report.copied)} colour pages copied, "
+    by_style = "".join(f", {n} {s}" for s, n in sorted(report.styles.items()))
+    line = (f"{len(report.done)} coloured{by_style}, {len(report.copied)} colour pages copied, "
             f"{len(report.skipped)} skipped (already done), {n_fail} failed"
             f" in {report.seconds:.1f} s ({rate:.1f} pages/s) -> {out}")
     if not quiet:
         from rich.table import Table
         table = Table(title="colourbatch pages", show_header=False, box=None)
         table.add_row("coloured", str(len(report.done)))
+        styles = ", ".join(f"{n} {s}" for s, n in sorted(report.styles.items()))
+        if styles:
+            table.add_row("pictures by style", styles)
         table.add_row("copied (already colour)", str(len(report.copied)))
         table.add_row("skipped (output exists)", str(len(report.skipped)))
         table.add_row("archives written", str(len(report.archives)))
@@ -574,6 +599,8 @@ _EVAL_COLUMNS = (("accuracy", "acc %", lambda v: f"{100 * v:.2f}"),
                  ("ssim", "SSIM", "{:.3f}".format), ("colourfulness_ratio", "colour ratio", "{:.2f}".format),
                  ("auc", "AuC", "{:.2f}".format), ("auc_rebal", "AuC rebal", "{:.2f}".format),
                  ("l_error", "L err", "{:.2f}".format))
+_DRAWN_COLUMNS = tuple((k, h, lambda v: f"{100 * v:.1f}") for k, h in
+                       (("ink_kept", "ink kept %"), ("white_kept", "white kept %"), ("coloured", "coloured %")))
 
 
 def _json_safe(x):
@@ -606,7 +633,8 @@ class _EvalView:
         if kind == "start":
             where = f" on {info['device']} ({info['dtype']})" if "device" in info else ""
             split = f", {info['split']} split" if info.get("split") else ""
-            self._print(f"evaluating {', '.join(info['models'])} and grey on {info['images']} "
+            base = "the uncoloured page" if info.get("mode") == "drawn" else "grey"
+            self._print(f"evaluating {', '.join(info['models'])} and {base} on {info['images']} "
                         f"picture(s){split}{where}")
             if self.console.is_terminal:
                 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -651,18 +679,22 @@ def _eval_table(console, result: dict) -> None:
                       num(r["colourfulness_ratio"], "{:.2f}"), num(r["psnr_ab"], "{:.2f}"))
         console.print(table)
         return
+    columns = _EVAL_COLUMNS
     if result["mode"] == "data":
         title = (f"{result['images']} pictures, {result['split']} split of "
                  f"{', '.join(result['data'])}")
+    elif result["mode"] == "drawn":
+        title = f"{result['images']} pictures drawn as pages from {', '.join(result['data'])}"
+        columns = _EVAL_COLUMNS + _DRAWN_COLUMNS
     else:
         title = f"{result['images']} pictures: {result['pred']} vs {result['truth']}"
     table = Table(title=title, caption="PSNR on RGB; colour ratio = colourfulness / truth's")
     table.add_column("model", no_wrap=True)
-    for _, header, _ in _EVAL_COLUMNS:
+    for _, header, _ in columns:
         table.add_column(header, justify="right")
     for row in result["rows"]:
         name = row["name"] if row["model"] in (None, row["name"]) else f"{row['name']} [{row['model']}]"
-        table.add_row(escape(name), *[fmt(row[key]) for key, _, fmt in _EVAL_COLUMNS])
+        table.add_row(escape(name), *[fmt(row[key]) for key, _, fmt in columns])
     console.print(table)
     for note in result["notes"]:
         console.print(f"note: {note}", markup=False)

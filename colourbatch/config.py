@@ -23,6 +23,10 @@ PAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 PAGE_FORMATS = tuple(e[1:] for e in PAGE_EXTS)
 #: Archives of pages read and written.
 ARCHIVE_EXTS = (".cbz", ".zip")
+#: How a page is coloured: 'photo' keeps its own L and adds a/b (continuous tone: photos,
+#: paintings, desaturated colour comics); 'drawn' lays a flat colour layer under the ink
+#: (ink and paper, screentone); 'auto' decides per page (flats.page_style).
+STYLES = ("auto", "photo", "drawn")
 #: Share of a training set held out for validation when nothing else is said.
 VAL_FRACTION = 0.05
 #: How a bin-distribution model turns its distribution into a/b (model.DefaultNet.decode):
@@ -61,6 +65,8 @@ class PagesConfig:
     fmt: str | None = None         # output format (one of PAGE_FORMATS); None keeps each page's own
     recolour: bool = False         # colour pages already in colour instead of copying them through
     overwrite: bool = False        # redo pages whose output exists (default: skip them, i.e. resume)
+    style: str = "auto"            # one of STYLES: auto sorts each page by flats.page_style's rule
+    page_weights: str | None = None  # weights for drawn pages; None = the shipped weights/page.pt
 
 
 @dataclass
@@ -180,6 +186,7 @@ class EvalConfig:
     val_fraction: float | None = None  # None: the first weights' own training split, else VAL_FRACTION
     holdout: tuple = ()                # held-out sources as train takes them; empty: the first weights' own (if any)
     per_source: bool = False           # a row per source as well as the pooled one: sources differ more than pictures
+    drawn: bool = False                # score page models on drawn pages made from the colour pictures (lineart.draw_page)
     weights: tuple = ()                # weights files to compare; empty: the shipped default weights
     pred: str | None = None            # folder of finished predictions (with truth: no model runs)
     truth: str | None = None           # folder of true colour pictures, matched to pred by path

@@ -22,6 +22,17 @@ LAB of the same size, and accumulate over a set of pictures:
   |delta a/b| in LAB units between each frame and the previous one moved onto
   it along the source's optical flow, occluded pixels and cut pairs left out.
 
+Drawn pages (`--drawn`): each colour picture is drawn as a black-and-white
+page (lineart.draw_page, its plain style) and coloured as `pages --style
+drawn` colours it (pipeline.tile_page / colour_page), at its own size; the
+rows compare with the uncoloured page, and add, pooled over pixels:
+
+* ``ink_kept``: share of ink pixels (page L8 < flats.INK_L8) whose L stays
+  within INK_TOLERANCE (5 L units) of the page's;
+* ``white_kept``: where the truth is white (L > 95, chroma < 5), the share
+  that stays white (chroma < 5): balloons and paper-white areas;
+* ``coloured``: share of the non-ink area with chroma above 10 (visibly coloured).
+
 `evaluate_set` scores models on a split from data.split_dataset (the very split
 training held out), loading them through the engine's pipeline.load_weights
 and pipeline.open_device, or scores folders of finished pictures;
@@ -39,14 +50,15 @@ import cv2
 import numpy as np
 import torch
 
-from . import colour, files, media
+from . import colour, files, flats, media
 from .config import DECODES, VAL_FRACTION, EvalConfig
-from .data import (ImageError, list_images, make_loader, read_colour_image,
+from .data import (ImageError, list_images, make_loader, read_colour_image, source_of,
                    split_dataset)
 from .device import autocast, prepare_model
 from .errors import ColourbatchError, one_line
-from .model import model_config, model_input
-from .pipeline import load_weights, open_device
+from .lineart import draw_page
+from .model import model_config, model_input, predict_layer8
+from .pipeline import colour_page, load_weights, open_device, tile_page
 from .temporal import WarpError
 
 AUC_MAX = 150   # Zhang et al. integrate the accuracy curve over thresholds 0..150
@@ -256,6 +268,8 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
         return evaluate_folders(cfg, emit)
     if not cfg.data:
         raise EvalError("nothing to evaluate: give --data, or --pred with --truth")
+    if cfg.drawn:
+        return evaluate_drawn(cfg, emit)
     unknown = [d for d in cfg.decode if d not in DECODES]
     if unknown:
         raise EvalError(f"unknown decode {unknown[0]!r} (use {', '.join(DECODES)})")
@@ -341,6 +355,142 @@ def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
         sheet = contact_sheet(["grey"] + [c[0] for c in columns] + ["truth"], rgb_rows, cfg.sheet_cell)
         result["sheet"] = str(write_png(cfg.sheet, sheet))
         emit("sheet", {"path": result["sheet"], "images": count})
+    return result
+
+
+# ------------------------------------------------------------ drawn pages
+#: |L out - L page| (LAB units) within which an ink pixel counts as kept.
+INK_TOLERANCE = 5.0
+#: Chroma (LAB units) under which a pixel is white/neutral, and over which it is visibly coloured.
+WHITE_CHROMA, COLOURED_CHROMA = 5.0, 10.0
+#: Truth L above which a neutral pixel counts as white paper.
+WHITE_L = 95.0
+#: Pictures are drawn at no more than this side: a page's size, and a bounded cost per picture.
+DRAWN_SIDE = 1024
+
+
+class DrawnMetrics:
+    """Pixel counts behind ink_kept, white_kept and coloured (pooled over pictures)."""
+
+    def __init__(self):
+        self.counts = np.zeros(6, np.int64)  # ink, ink kept, white, white kept, paper, coloured
+
+    def merge(self, other: "DrawnMetrics") -> "DrawnMetrics":
+        self.counts += other.counts
+        return self
+
+    def update(self, page_l8: np.ndarray, pred_lab: np.ndarray, true_lab: np.ndarray | None = None) -> None:
+        """One coloured page (its uint8 LAB) of the page `page_l8`; without a truth, white_kept
+        is not counted (real pages have none)."""
+        to_l = 100.0 / colour.L8_MAX
+        ink = page_l8 < flats.INK_L8
+        kept = np.abs(pred_lab[..., 0].astype(np.float32) - page_l8) * to_l <= INK_TOLERANCE
+        chroma = _chroma(pred_lab)
+        white = np.zeros_like(ink) if true_lab is None else (
+            (true_lab[..., 0] * to_l > WHITE_L) & (_chroma(true_lab) < WHITE_CHROMA))
+        self.counts += [ink.sum(), (ink & kept).sum(), white.sum(),
+                        (white & (chroma < WHITE_CHROMA)).sum(), (~ink).sum(),
+                        (~ink & (chroma > COLOURED_CHROMA)).sum()]
+
+    def result(self) -> dict[str, float]:
+        c = self.counts.astype(np.float64)
+
+        def share(a, b):
+            return float(c[a] / c[b]) if c[b] else float("nan")
+        return {"ink_kept": share(1, 0), "white_kept": share(3, 2), "coloured": share(5, 4)}
+
+
+def _chroma(lab: np.ndarray) -> np.ndarray:
+    ab = lab[..., 1:].astype(np.float32) - colour.AB_OFFSET
+    return np.hypot(ab[..., 0], ab[..., 1])
+
+
+def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
+    """Score page models on drawn pages made from every colour picture under `cfg.data`.
+
+    Give the folders of sources the weights never trained on (each --data is
+    taken whole; a picture's source is its first sub-folder, as in training).
+    Rows: "page" (the uncoloured drawn page) and each weights file (default:
+    the shipped page model), with per-source rows when `cfg.per_source`.
+    """
+    emit = emit or (lambda kind, info: None)
+    models = []
+    for w in cfg.weights or (None,):
+        model, meta, path = load_weights(w, shipped="page")
+        models.append((path, model_config(model)[0], model))
+    names = _row_names([p for p, *_ in models])
+    device, dtype = open_device(cfg.device, cfg.precision)
+    models = [(p, m, prepare_model(net, device).eval()) for p, m, net in models]
+    pictures = []
+    for root in cfg.data:
+        root = Path(root)
+        if not root.exists():
+            raise EvalError(f"{root}: no such folder")
+        base = root if root.is_dir() else root.parent
+        pictures += [(p, source_of(f"{base.name}/{p.relative_to(base).as_posix()}"))
+                     for p in list_images(root)]
+    if cfg.max_images is not None:
+        pictures = pictures[:cfg.max_images]
+    if not pictures:
+        raise EvalError(f"{', '.join(map(str, cfg.data))}: no pictures")
+    emit("start", {"mode": "drawn", "images": len(pictures), "models": names, "device": str(device),
+                   "dtype": str(dtype).replace("torch.", "")})
+    labels = ["page"] + names
+    scores: dict[str, dict[str, tuple[Metrics, DrawnMetrics]]] = {}
+    sheet_rows, skipped = [], []
+    picks = set(np.linspace(0, len(pictures) - 1, min(cfg.sheet_images, len(pictures))).round().astype(int))
+    for i, (path, source) in enumerate(pictures):
+        try:
+            truth = read_colour_image(path, DRAWN_SIDE)  # transparency onto white paper
+        except (ImageError, cv2.error) as exc:
+            skipped.append(str(path))
+            emit("skip", {"path": str(path), "reason": one_line(exc)})
+            continue
+        page = draw_page(truth, scale=max(1.0, max(truth.shape[:2]) / 1000))
+        windows, tiles = tile_page(page, "drawn")
+        x = torch.from_numpy(np.stack(tiles))[:, None].to(device)
+        outs = [colour.grey_to_rgb(page)]
+        with torch.inference_mode(), autocast(device, dtype):
+            for _, _, model in models:
+                layers = predict_layer8(model, x).cpu().numpy()
+                outs.append(colour_page(page, "drawn", windows, list(layers)))
+        true_lab = colour.rgb_to_lab(truth)
+        group = scores.setdefault(source if cfg.per_source else "", {})
+        for label, rgb in zip(labels, outs):
+            m, d = group.setdefault(label, (Metrics(), DrawnMetrics()))
+            lab = colour.rgb_to_lab(rgb)
+            m.update(lab, true_lab)
+            d.update(page, lab, true_lab)
+        if cfg.sheet and i in picks:
+            sheet_rows.append(outs + [truth])
+        emit("progress", {"name": "drawn", "done": i + 1, "images": len(pictures)})
+    if not scores:
+        raise EvalError(f"none of the {len(pictures)} pictures could be read")
+    pooled = {label: (Metrics(), DrawnMetrics()) for label in labels}
+    for group in scores.values():
+        for label, (m, d) in group.items():
+            pooled[label][0].merge(m)
+            pooled[label][1].merge(d)
+
+    def row(label, m, d, source=None):
+        k = labels.index(label)
+        weights, mname = (None, None) if k == 0 else (str(models[k - 1][0]), models[k - 1][1])
+        name = label if source is None else f"{label} @ {source}"
+        extra = {} if source is None else {"source": source}
+        return {"name": name, **extra, "weights": weights, "model": mname, **m.result(), **d.result()}
+    rows = [row(label, *pooled[label]) for label in labels]
+    if cfg.per_source:
+        rows += [row(label, *scores[src][label], source=src) for src in sorted(scores) for label in labels]
+    for r in rows:
+        emit("row", r)
+    notes = [f"{len(skipped)} unreadable picture(s) skipped (first: {skipped[0]})"] if skipped else []
+    result = {"mode": "drawn", "data": [str(p) for p in cfg.data], "split": None,
+              "images": pooled["page"][0].n, "skipped": len(skipped), "rows": rows, "notes": notes,
+              "sheet": None}
+    if cfg.sheet:
+        sheet = contact_sheet(labels + ["truth"], sheet_rows, cfg.sheet_cell)
+        result["sheet"] = str(write_png(cfg.sheet, sheet))
+        emit("sheet", {"path": result["sheet"], "images": len(sheet_rows)})
     return result
 
 

@@ -12,6 +12,11 @@ next to the final archive, so an interrupted archive resumes page by page, and
 zipped once all are done, with whatever failed listed. A multi-page TIFF is a
 chapter: every page is coloured and written back as one multi-page TIFF.
 
+Each grey page is coloured in its style (PagesConfig.style; 'auto' asks
+flats.page_style): photo-like pages by the run's model, keeping their own L;
+drawn pages by the page model, whose colour layer is laid under their ink
+(PageEngines holds both; pipeline.tile_page/colour_page do the per-page work).
+
 Folder walks take regular files only (a FIFO or device named .png is listed as
 a failure, never read) and do not follow folder symlinks (each is named in the
 report's notes). Hidden files and folders are skipped: they hold our own
@@ -35,11 +40,11 @@ import cv2
 import numpy as np
 import torch
 
-from . import colour, files
-from .config import ARCHIVE_EXTS, PAGE_EXTS, PAGE_FORMATS, PagesConfig, RunConfig
+from . import colour, files, flats
+from .config import ARCHIVE_EXTS, PAGE_EXTS, PAGE_FORMATS, STYLES, PagesConfig, RunConfig
 from .data import make_loader, to_rgb8
 from .errors import ColourbatchError, InputError, one_line
-from .pipeline import Colouriser, on_ray
+from .pipeline import Colouriser, colour_page, on_ray, tile_page
 from .shard import Shard, resolve as resolve_shard
 
 #: Pictures found in folders that are not coloured, and why (listed as failures, never dropped silently).
@@ -544,48 +549,6 @@ def encode_pages(rgbs: list[np.ndarray], ext: str) -> bytes:
     return buf.tobytes()
 
 
-# ------------------------------------------------------------------ tall pages
-def tile_windows(h: int, w: int, max_aspect: float = 2.0) -> list[tuple[int, int, int, int]]:
-    """Windows (y0, y1, x0, x1) covering a page, each no more elongated than `max_aspect`.
-
-    The model sees each window squeezed to a square tile, as it saw crops of
-    aspect 1:2..2:1 in training. A webtoon strip 10x taller than wide becomes
-    overlapping windows, so its colour is not smeared along the strip.
-    """
-    long_side, short = max(h, w), min(h, w)
-    if long_side <= short * max_aspect:
-        return [(0, h, 0, w)]
-    win = int(short * max_aspect)
-    n = 1 + int(np.ceil((long_side - win) / (0.75 * win)))
-    starts = np.round(np.linspace(0, long_side - win, n)).astype(int)
-    if h >= w:
-        return [(int(s), int(s) + win, 0, w) for s in starts]
-    return [(0, h, int(s), int(s) + win) for s in starts]
-
-
-def blend_windows(h: int, w: int, windows, ab_small: list[np.ndarray]) -> np.ndarray:
-    """Low-resolution a/b of each window -> one (2, h, w) uint8 a/b plane.
-
-    Overlaps are cross-faded with weights that fall linearly towards each
-    window's inner edges, so there is no seam where windows meet.
-    """
-    if len(windows) == 1:
-        return ab_small[0]
-    acc = np.zeros((2, h, w), np.float32)
-    wsum = np.zeros((h, w), np.float32)
-    for (y0, y1, x0, x1), ab in zip(windows, ab_small):
-        wh, ww = y1 - y0, x1 - x0
-        up = np.stack([cv2.resize(np.ascontiguousarray(p), (ww, wh), interpolation=cv2.INTER_LINEAR)
-                       for p in ab]).astype(np.float32)
-        # Windows only overlap along the long side, so only that side ramps.
-        ramp_y = np.minimum(np.arange(wh) + 1, wh - np.arange(wh)).astype(np.float32)
-        ramp_x = np.minimum(np.arange(ww) + 1, ww - np.arange(ww)).astype(np.float32)
-        wt = np.outer(ramp_y, np.ones(ww, np.float32)) if h >= w else np.outer(np.ones(wh, np.float32), ramp_x)
-        acc[:, y0:y1, x0:x1] += up * wt
-        wsum[y0:y1, x0:x1] += wt
-    return np.clip(acc / np.maximum(wsum, 1e-6) + 0.5, 0, 255).astype(np.uint8)
-
-
 # ------------------------------------------------------------------ the run
 @dataclass
 class PagesReport:
@@ -596,6 +559,7 @@ class PagesReport:
     archives: list[str]            # archives written
     seconds: float
     notes: list[str] = field(default_factory=list)  # not looked at, and why (folder symlinks, ...)
+    styles: dict[str, int] = field(default_factory=dict)  # pictures coloured per style (photo, drawn)
 
     @property
     def ok(self) -> bool:
@@ -606,16 +570,17 @@ class PageDataset:
     """Reads, decodes and converts one page file per item, in DataLoader workers.
 
     An item is a dict: kind "colour" with "pages", one per picture in the file
-    (a multi-page TIFF has several), each either {"l8", "windows"} (the
-    full-resolution L plane and its windows, see tile_windows) or {"rgb"} (a
-    colour page inside a chapter, kept), and "tiles" for every window in
-    order; kind "copy" for a colour file passed through; kind "error" with the
-    reason. Errors are values, not exceptions, so one bad page never stops
-    the batch.
+    (a multi-page TIFF has several), each either {"l8", "windows", "style"}
+    (the full-resolution L plane, its windows (see tile_windows) and how it is
+    coloured: `style`, or flats.page_style's rule when 'auto') or {"rgb"} (a
+    colour page inside a chapter, kept), and "tiles": for each style, the
+    tiles of its pages' windows in order (None when it has none); kind "copy"
+    for a colour file passed through; kind "error" with the reason. Errors are
+    values, not exceptions, so one bad page never stops the batch.
     """
 
-    def __init__(self, jobs: list[PageJob], recolour: bool):
-        self.jobs, self.recolour = jobs, recolour
+    def __init__(self, jobs: list[PageJob], recolour: bool, style: str = "auto"):
+        self.jobs, self.recolour, self.style = jobs, recolour, style
         self._zips: dict = {}  # per worker: open archives, reused across pages
 
     def __len__(self) -> int:
@@ -633,28 +598,69 @@ class PageDataset:
             grey = [self.recolour or colour.is_greyscale(rgb) for rgb in pics]
             if not any(grey):
                 return {"i": i, "kind": "copy", "data": data}
-            out, tiles = [], []
+            out, tiles = [], {"photo": [], "drawn": []}
             for rgb, colour_it in zip(pics, grey):
                 if not colour_it:
                     out.append({"rgb": rgb})
                     continue
                 l8 = colour.rgb_to_l(rgb)
-                windows = tile_windows(*l8.shape)
-                tiles += [colour.l_tile(l8[y0:y1, x0:x1]) for y0, y1, x0, x1 in windows]
-                out.append({"l8": l8, "windows": windows})
-            return {"i": i, "kind": "colour", "pages": out, "tiles": torch.from_numpy(np.stack(tiles))}
+                style = flats.page_style(l8) if self.style == "auto" else self.style
+                windows, page_tiles = tile_page(l8, style)
+                tiles[style] += page_tiles
+                out.append({"l8": l8, "windows": windows, "style": style})
+            return {"i": i, "kind": "colour", "pages": out,
+                    "tiles": {k: torch.from_numpy(np.stack(v)) if v else None for k, v in tiles.items()}}
         except InputError as exc:  # PageError, and files.read_limited's refusals
             return {"i": i, "kind": "error", "reason": str(exc)}
         except (cv2.error, MemoryError, ValueError) as exc:
             return {"i": i, "kind": "error", "reason": f"cannot decode ({one_line(exc)})"}
 
 
-def _windows(item: dict) -> int:
-    return sum(len(p.get("windows", ())) for p in item["pages"])
+def _windows(item: dict, style: str) -> int:
+    return sum(len(p["windows"]) for p in item["pages"] if p.get("style") == style)
 
 
 def _collate_pages(items: list[dict]) -> list[dict]:
     return items  # pages differ in size: the model batches their tiles, not the pages
+
+
+class PageEngines:
+    """The models a pages run uses: the run's weights for photo-like pages (a/b kept with the
+    page's own L), the page weights (`pcfg.page_weights`, else the shipped page.pt) for drawn
+    ones (a colour layer laid under the ink).
+
+    An engine the style asks for by name, or whose weights were named, is loaded at once,
+    so bad weights end the run before any page is read (exit 2); under 'auto' the shipped
+    page model is loaded when the first drawn page arrives.
+    """
+
+    def __init__(self, pcfg: PagesConfig, run: RunConfig, on_load=None):
+        self.pcfg, self.run, self.on_load = pcfg, run, on_load
+        self._engines: dict[str, Colouriser] = {}
+        if pcfg.style != "drawn":
+            self.get("photo")
+        if pcfg.style == "drawn" or (pcfg.style == "auto" and pcfg.page_weights):
+            self.get("drawn")
+
+    def get(self, style: str) -> Colouriser:
+        if style not in self._engines:
+            if style == "drawn":
+                engine = Colouriser(replace(self.run, weights=self.pcfg.page_weights, model=None),
+                                    shipped="page")
+            else:
+                engine = Colouriser(self.run)
+            self._engines[style] = engine
+            if self.on_load:
+                self.on_load(dict(engine.describe(), style=style))
+        return self._engines[style]
+
+    def predict(self, style: str, tiles: torch.Tensor) -> np.ndarray:
+        engine = self.get(style)
+        return engine.predict_layer(tiles) if style == "drawn" else engine.predict(tiles)
+
+    @property
+    def pin(self) -> bool:
+        return any(e.pin for e in self._engines.values())
 
 
 def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
@@ -670,6 +676,8 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
     """
     t0 = time.monotonic()
     emit = on_progress or (lambda kind, info: None)
+    if pcfg.style not in STYLES:
+        raise PlanError(f"unknown style {pcfg.style!r} (use {', '.join(STYLES)})")
     plan = plan_pages(inputs, pcfg.out, pcfg.fmt, pcfg.overwrite, resolve_shard(run.shard))
     emit("start", {"total": len(plan.jobs), "skipped": len(plan.skipped)})
     if run.ray or run.ray_address:
@@ -683,7 +691,7 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
 
 
 def run_plan(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit=None,
-             engine: Colouriser | None = None) -> PagesReport:
+             engine: PageEngines | None = None) -> PagesReport:
     """Do the work of a plan (its jobs and archives) in this process; returns what happened.
 
     Reading/decoding runs in `run.workers` DataLoader processes; the model sees
@@ -696,34 +704,35 @@ def run_plan(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit=None,
     # What a killed earlier run left for these outputs (pages, staged pages, archives).
     files.remove_stale_temps([job.dest for job in plan.jobs] + [a.dest for a in plan.archives])
     if engine is None and plan.jobs:
-        engine = Colouriser(run)
-        emit("engine", engine.describe())
+        engine = PageEngines(pcfg, run, on_load=partial(emit, "engine"))
     failed_members: dict[int, set[str]] = {}
 
-    def finish(job, result, ab_small):
-        """Runs in a writer thread: merge, encode, write."""
+    def finish(job, result, small):
+        """Runs in a writer thread: merge (or lay flat colour under the ink), encode, write."""
         try:
             if result["kind"] == "copy":
                 if job.member is not None:
                     files.write_bytes(job.dest.with_suffix(".copy"), b"")  # marker: keep original
                 else:
                     files.write_bytes(job.dest.with_suffix(job.path.suffix), result["data"])
-                return "copy", None
-            rgbs, k = [], 0
+                return "copy", None, ()
+            rgbs, k = [], {"photo": 0, "drawn": 0}
             for page in result["pages"]:
                 if "rgb" in page:
                     rgbs.append(page["rgb"])
                     continue
-                (h, w), n = page["l8"].shape, len(page["windows"])
-                ab = blend_windows(h, w, page["windows"], ab_small[k:k + n])
-                rgbs.append(colour.merge_l_ab(page["l8"], ab))
-                k += n
+                n, style = len(page["windows"]), page["style"]
+                rgbs.append(colour_page(page["l8"], style, page["windows"],
+                                        small[style][k[style]:k[style] + n]))
+                k[style] += n
             files.write_bytes(job.dest, encode_pages(rgbs, job.out_ext))
-            return "done", None
+            return "done", None, [p["style"] for p in result["pages"] if "style" in p]
         except ColourbatchError as exc:  # PageError, files.WriteError
-            return "error", str(exc)
+            return "error", str(exc), ()
 
-    def record(job, outcome, reason):
+    def record(job, outcome, reason, styles=()):
+        for style in styles:
+            report.styles[style] = report.styles.get(style, 0) + 1
         if outcome == "done":
             report.done.append(job.source)
         elif outcome == "copy":
@@ -735,27 +744,34 @@ def run_plan(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit=None,
         emit("page", {"source": job.source, "outcome": outcome, "reason": reason})
 
     if plan.jobs:
-        loader = make_loader(PageDataset(plan.jobs, pcfg.recolour), batch_size=run.batch_size,
-                             workers=run.workers, collate_fn=_collate_pages,
-                             pin_memory=engine.pin)
+        loader = make_loader(PageDataset(plan.jobs, pcfg.recolour, pcfg.style),
+                             batch_size=run.batch_size, workers=run.workers,
+                             collate_fn=_collate_pages, pin_memory=engine.pin)
         pending = []
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="colourbatch-write") as pool:
             for items in loader:
                 colour_items = [r for r in items if r["kind"] == "colour"]
-                ab_all: list[np.ndarray] = []
-                if colour_items:
-                    tiles = torch.cat([r["tiles"] for r in colour_items])
-                    for s in range(0, len(tiles), run.batch_size):
-                        ab_all.extend(engine.predict(tiles[s:s + run.batch_size]))
-                k = 0
+                # Each style's tiles of the whole batch go through its model together.
+                small: dict[str, list[np.ndarray]] = {}
+                for style in ("photo", "drawn"):
+                    found = [r["tiles"][style] for r in colour_items if r["tiles"][style] is not None]
+                    small[style] = []
+                    if found:
+                        tiles = torch.cat(found)
+                        for s in range(0, len(tiles), run.batch_size):
+                            small[style].extend(engine.predict(style, tiles[s:s + run.batch_size]))
+                k = {"photo": 0, "drawn": 0}
                 for r in items:
                     job = plan.jobs[r["i"]]
                     if r["kind"] == "error":
                         record(job, "error", r["reason"])
                         continue
-                    n = _windows(r) if r["kind"] == "colour" else 0
-                    pending.append((job, pool.submit(finish, job, r, ab_all[k:k + n])))
-                    k += n
+                    mine = {}
+                    for style in k:
+                        n = _windows(r, style) if r["kind"] == "colour" else 0
+                        mine[style] = small[style][k[style]:k[style] + n]
+                        k[style] += n
+                    pending.append((job, pool.submit(finish, job, r, mine)))
                 # Bound the write queue: memory stays flat however many pages there are.
                 while len(pending) > 4 * run.batch_size:
                     job, fut = pending.pop(0)
@@ -777,7 +793,7 @@ def run_plan(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit=None,
     return report
 
 
-def _colour_unit(pcfg: PagesConfig, run: RunConfig, plan: Plan, engine: Colouriser) -> PagesReport:
+def _colour_unit(pcfg: PagesConfig, run: RunConfig, plan: Plan, engine: PageEngines) -> PagesReport:
     return run_plan(plan, pcfg, run, engine=engine)
 
 
@@ -788,6 +804,8 @@ def _run_on_ray(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit) -> PagesRep
     def on_result(key: str, part: PagesReport) -> None:
         for name in ("done", "copied", "failed", "archives"):
             getattr(report, name).extend(getattr(part, name))
+        for style, n in part.styles.items():
+            report.styles[style] = report.styles.get(style, 0) + n
         for source in part.done + part.copied:
             emit("page", {"source": source, "outcome": "done", "reason": None})
         for source, reason in part.failed:
@@ -797,5 +815,6 @@ def _run_on_ray(plan: Plan, pcfg: PagesConfig, run: RunConfig, emit) -> PagesRep
         report.failed.append((key, reason))
         emit("page", {"source": key, "outcome": "error", "reason": reason})
 
-    on_ray(plan.units(), run, partial(_colour_unit, pcfg, run), on_result, on_failure)
+    on_ray(plan.units(), run, partial(_colour_unit, pcfg, run), on_result, on_failure,
+           build=partial(PageEngines, pcfg, run))
     return report

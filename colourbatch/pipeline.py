@@ -4,8 +4,11 @@ The engine every command shares: `load_weights` (a self-describing weights
 file, or the shipped one), `open_device` (device, precision, CPU threads) and
 `Colouriser`, which pages and video drive: uint8 L tiles in, uint8 a/b planes
 out, with one host transfer per batch. Train and evaluate build their model
-and device through the same two functions. Merging a/b with the
-full-resolution L is colour.merge_l_ab. Progress leaves through callbacks;
+and device through the same two functions. A page's windows and tiles
+(`tile_page`) and its colouring from the model's output (`colour_page`: a/b
+merged with the page's own L by colour.merge_l_ab, or a colour layer laid
+under the ink by flats.flat_colour) are here too, so `pages` and `evaluate`
+colour a page the same way. Progress leaves through callbacks;
 nothing here prints.
 """
 from __future__ import annotations
@@ -14,30 +17,32 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, colour, flats
 from .cluster import Unit, run_units
 from .config import DECODES, RunConfig
 from .device import autocast, pick_device, prepare_model, resolve_precision, set_cpu_threads
 from .errors import ColourbatchError
-from .model import predict_ab8
+from .model import predict_ab8, predict_layer8
 
 
 class PipelineError(ColourbatchError):
     """A run that cannot start: bad weights, bad device, bad paths (exit 2)."""
 
 
-def load_weights(weights: str | None = None, model: str | None = None) -> tuple[nn.Module, dict, Path]:
+def load_weights(weights: str | None = None, model: str | None = None,
+                 shipped: str = checkpoint.DEFAULT_NAME) -> tuple[nn.Module, dict, Path]:
     """(network in eval mode on the CPU, its metadata, its path) from a weights file.
 
-    `weights` None means the shipped default weights; `model` names the network
-    of a bare state dict. CheckpointError (or PipelineError when the shipped
-    weights are missing) in one line.
+    `weights` None means the shipped weights named `shipped` (weights/NAME.pt);
+    `model` names the network of a bare state dict. CheckpointError (or
+    PipelineError when the shipped weights are missing) in one line.
     """
-    path = Path(weights) if weights else checkpoint.shipped_weights()
+    path = Path(weights) if weights else checkpoint.shipped_weights(shipped)
     if not weights and not path.exists():
         raise PipelineError(f"no shipped weights at {path}; pass --weights FILE")
     net, metadata = checkpoint.load(path, model)
@@ -56,14 +61,18 @@ def open_device(device: str = "auto", precision: str = "auto",
 
 
 class Colouriser:
-    """A loaded model on its device: uint8 L tiles in, uint8 a/b planes out."""
+    """A loaded model on its device: uint8 L tiles in, uint8 a/b planes (or colour layers) out.
 
-    def __init__(self, cfg: RunConfig):
+    `shipped` names the shipped weights used when `cfg.weights` is None
+    ('default' for photos and film, 'page' for drawn pages).
+    """
+
+    def __init__(self, cfg: RunConfig, shipped: str = checkpoint.DEFAULT_NAME):
         self.cfg = cfg
         if cfg.decode is not None and cfg.decode not in DECODES:
             raise PipelineError(f"unknown decode {cfg.decode!r} (use {', '.join(DECODES)})")
         # CheckpointError and DeviceError are ColourbatchErrors (exit 2): they leave as they are.
-        model, self.metadata, self.weights = load_weights(cfg.weights, cfg.model)
+        model, self.metadata, self.weights = load_weights(cfg.weights, cfg.model, shipped)
         self.device, self.dtype = open_device(cfg.device, cfg.precision)
         self.model_name = checkpoint.model_config(model)[0]
         self.model = prepare_model(model, self.device).eval()
@@ -74,34 +83,104 @@ class Colouriser:
                 "precision": str(self.dtype).replace("torch.", ""),
                 "trained": bool(self.metadata.get("steps"))}
 
+    def _on_device(self, tiles: torch.Tensor) -> torch.Tensor:
+        return (tiles[:, None] if tiles.ndim == 3 else tiles).to(self.device, non_blocking=True)
+
     @torch.inference_mode()
     def predict(self, tiles: torch.Tensor) -> np.ndarray:
         """uint8 tiles (B, 1, S, S) or (B, S, S) -> uint8 a/b (B, 2, h, w) as a numpy array."""
-        if tiles.ndim == 3:
-            tiles = tiles[:, None]
-        x = tiles.to(self.device, non_blocking=True)
+        x = self._on_device(tiles)
         with autocast(self.device, self.dtype):
             ab = predict_ab8(self.model, x, self.cfg.temperature, self.cfg.decode)
         return ab.cpu().numpy()  # one transfer (and sync) per batch, never per frame
+
+    @torch.inference_mode()
+    def predict_layer(self, tiles: torch.Tensor) -> np.ndarray:
+        """uint8 tiles (B, 1, S, S) or (B, S, S) -> uint8 OpenCV LAB colour layers (B, 3, h, w)
+        (model.predict_layer8: the page model's layer; L8 = 255 under other models' a/b)."""
+        x = self._on_device(tiles)
+        with autocast(self.device, self.dtype):
+            layer = predict_layer8(self.model, x, self.cfg.temperature)
+        return layer.cpu().numpy()  # one transfer per batch
+
+
+# ------------------------------------------------------------ one page
+def tile_windows(h: int, w: int, max_aspect: float = 2.0) -> list[tuple[int, int, int, int]]:
+    """Windows (y0, y1, x0, x1) covering a page, each no more elongated than `max_aspect`.
+
+    The model sees each window squeezed to a square tile, as it saw crops of
+    aspect 1:2..2:1 in training. A webtoon strip 10x taller than wide becomes
+    overlapping windows, so its colour is not smeared along the strip.
+    """
+    long_side, short = max(h, w), min(h, w)
+    if long_side <= short * max_aspect:
+        return [(0, h, 0, w)]
+    win = int(short * max_aspect)
+    n = 1 + int(np.ceil((long_side - win) / (0.75 * win)))
+    starts = np.round(np.linspace(0, long_side - win, n)).astype(int)
+    if h >= w:
+        return [(int(s), int(s) + win, 0, w) for s in starts]
+    return [(0, h, int(s), int(s) + win) for s in starts]
+
+
+def blend_windows(h: int, w: int, windows, ab_small: list[np.ndarray]) -> np.ndarray:
+    """Low-resolution planes of each window (a/b, or a colour layer's L/a/b) -> one
+    (C, h, w) uint8 stack for the page.
+
+    Overlaps are cross-faded with weights that fall linearly towards each
+    window's inner edges, so there is no seam where windows meet.
+    """
+    if len(windows) == 1:
+        return ab_small[0]
+    acc = np.zeros((len(ab_small[0]), h, w), np.float32)
+    wsum = np.zeros((h, w), np.float32)
+    for (y0, y1, x0, x1), ab in zip(windows, ab_small):
+        wh, ww = y1 - y0, x1 - x0
+        up = np.stack([cv2.resize(np.ascontiguousarray(p), (ww, wh), interpolation=cv2.INTER_LINEAR)
+                       for p in ab]).astype(np.float32)
+        # Windows only overlap along the long side, so only that side ramps.
+        ramp_y = np.minimum(np.arange(wh) + 1, wh - np.arange(wh)).astype(np.float32)
+        ramp_x = np.minimum(np.arange(ww) + 1, ww - np.arange(ww)).astype(np.float32)
+        wt = np.outer(ramp_y, np.ones(ww, np.float32)) if h >= w else np.outer(np.ones(wh, np.float32), ramp_x)
+        acc[:, y0:y1, x0:x1] += up * wt
+        wsum[y0:y1, x0:x1] += wt
+    return np.clip(acc / np.maximum(wsum, 1e-6) + 0.5, 0, 255).astype(np.uint8)
+
+
+def tile_page(l8: np.ndarray, style: str) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
+    """A page's windows (tile_windows) and the model's tile of each, for its style
+    ('drawn' tiles are descreened first: flats.drawn_tile)."""
+    windows = tile_windows(*l8.shape)
+    tile = flats.drawn_tile if style == "drawn" else colour.l_tile
+    return windows, [tile(l8[y0:y1, x0:x1]) for y0, y1, x0, x1 in windows]
+
+
+def colour_page(l8: np.ndarray, style: str, windows, small: list[np.ndarray]) -> np.ndarray:
+    """RGB of a page from the model's output for each of its windows: a/b merged with the
+    page's own L ('photo'), or the colour layer laid flat under the ink ('drawn')."""
+    planes = blend_windows(*l8.shape, windows, small)
+    return flats.flat_colour(l8, planes) if style == "drawn" else colour.merge_l_ab(l8, planes)
 
 
 # ------------------------------------------------------------- on a cluster
 class _EngineWorker:
     """A cluster worker: builds the engine once, then runs `work(payload, engine)` per unit."""
 
-    def __init__(self, run: RunConfig, work: Callable[[Any, Colouriser], Any]):
-        self.engine, self.work = Colouriser(run), work
+    def __init__(self, build: Callable[[], Any], work: Callable[[Any, Any], Any]):
+        self.engine, self.work = build(), work
 
     def process(self, unit) -> Any:
         return self.work(unit.payload, self.engine)
 
 
-def on_ray(items: list[tuple[str, Any]], run: RunConfig, work: Callable[[Any, Colouriser], Any],
-           on_result: Callable[[str, Any], None], on_failure: Callable[[str, str], None]) -> None:
+def on_ray(items: list[tuple[str, Any]], run: RunConfig, work: Callable[[Any, Any], Any],
+           on_result: Callable[[str, Any], None], on_failure: Callable[[str, str], None],
+           build: Callable[[], Any] | None = None) -> None:
     """Run `work(payload, engine)` for each (key, payload) as a task on Ray (`run.ray_address`,
     or a local instance).
 
-    Each Ray worker loads the model once (cluster.run_units balances the
+    `engine` is what `build()` returns (picklable; None: `Colouriser(run)`).
+    Each Ray worker builds it once (cluster.run_units balances the
     items over the workers, redoes those whose worker died, isolates
     failures). `work` must be picklable (a module-level function or a
     functools.partial of one); results and failures come back through the
@@ -113,7 +192,8 @@ def on_ray(items: list[tuple[str, Any]], run: RunConfig, work: Callable[[Any, Co
         elif kind == "unit":
             on_failure(info["key"], info["reason"])
 
-    run_units([Unit(key, payload) for key, payload in items], partial(_EngineWorker, run, work),
+    build = build or partial(Colouriser, run)
+    run_units([Unit(key, payload) for key, payload in items], partial(_EngineWorker, build, work),
               address=run.ray_address, on_event=on_unit,
               # A CPU run reserves no GPU, even on a cluster that has them.
               gpus_per_worker=0 if run.device == "cpu" else None)

@@ -43,6 +43,28 @@ def tinted_weights(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tinted_page_weights(tmp_path_factory):
+    """A `page` model whose colour layer is fixed: L = 80 and a/b near (+40, -40) (a violet):
+    lets tests see the layer laid under the ink, untrained."""
+    import torch
+
+    from colourbatch import checkpoint
+    from colourbatch.model import build_model
+
+    model = build_model("page")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        target = torch.tensor([40.0, -40.0])
+        nearest = int(((model.bins - target) ** 2).sum(1).argmin())
+        model.head.bias[nearest] = 30.0  # every other bin stays at 0: the mean is this bin
+        model.layer_head.bias.fill_(float(torch.logit(torch.tensor(0.8))))  # L = 80
+    path = tmp_path_factory.mktemp("weights") / "tinted-page.pt"
+    checkpoint.save(path, model, {"note": "constant layer test weights"})
+    return path
+
+
 # ------------------------------------------------- training / evaluation data sets
 def _synthetic_rgb(rng, h: int = 32, w: int = 32):
     """A smooth picture whose colour follows its brightness (bright = warm, dark = blue),

@@ -111,3 +111,22 @@ def test_shards_split_a_folder_and_rerun_finishes_what_is_missing(tmp_path, seed
     (tmp_path / f"out{k}" / missing).unlink()
     again = shard(k, tmp_path / f"out{k}")
     assert "1 coloured" in again.output and f"{len(parts[k]) - 1} skipped" in again.output
+
+
+def test_style_options_and_summary_count_each_style(tmp_path, tinted_weights, tinted_page_weights):
+    page = np.full((200, 160), 250, np.uint8)
+    cv2.circle(page, (80, 100), 50, 15, 3)
+    (tmp_path / "in").mkdir()
+    assert cv2.imwrite(str(tmp_path / "in" / "drawn.png"), page)
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (120, 160)).astype(np.uint8), (0, 0), 6)
+    assert cv2.imwrite(str(tmp_path / "in" / "photo.png"), cv2.normalize(photo, None, 0, 255, cv2.NORM_MINMAX))
+    result = invoke("pages", tmp_path / "in", "-o", tmp_path / "out", "--weights", tinted_weights,
+                    "--page-weights", tinted_page_weights, "--workers", 0, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "2 coloured, 1 drawn, 1 photo," in result.output
+    result = invoke("pages", tmp_path / "in", "-o", tmp_path / "all-drawn", "--weights", tinted_weights,
+                    "--page-weights", tinted_page_weights, "--style", "drawn", "--workers", 0, "--quiet")
+    assert result.exit_code == 0 and "2 coloured, 2 drawn," in result.output, result.output
+    bad = invoke("pages", tmp_path / "in", "-o", tmp_path / "x", "--style", "comic")
+    assert bad.exit_code == 2 and "comic" in bad.output

@@ -476,3 +476,45 @@ def test_merged_accumulators_equal_one_over_all_pictures():
         whole.update(p, t)
         (a if k < 2 else b).update(p, t)
     assert a.merge(b).result() == pytest.approx(whole.result())
+
+
+# ------------------------------------------------------------------ drawn pages
+def _flat_art(path, seed):
+    """A colour drawing: flat fills with dark outlines on white."""
+    rng = np.random.default_rng(seed)
+    img = np.full((160, 200, 3), 255, np.uint8)
+    for _ in range(3):
+        c = tuple(int(v) for v in rng.integers(30, 220, 3))
+        centre = (int(rng.integers(50, 150)), int(rng.integers(50, 110)))
+        cv2.circle(img, centre, int(rng.integers(20, 40)), c, -1)
+        cv2.circle(img, centre, int(rng.integers(20, 40)), (10, 10, 10), 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+
+
+def test_evaluate_drawn_scores_the_page_model_against_the_uncoloured_page(tmp_path, tinted_page_weights):
+    from click.testing import CliRunner
+    import json
+
+    from colourbatch.cli import cli
+    for i in range(3):
+        _flat_art(tmp_path / "art" / "shapes" / f"{i}.png", i)
+    _flat_art(tmp_path / "art" / "more" / "x.png", 9)
+    out = CliRunner().invoke(cli, ["evaluate", "--drawn", "--data", str(tmp_path / "art"),
+                                   "--weights", str(tinted_page_weights), "--per-source", "--json",
+                                   "--sheet", str(tmp_path / "sheet.png"), "--quiet"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    rows = {r["name"]: r for r in res["rows"]}
+    assert res["mode"] == "drawn" and res["images"] == 4
+    page, tinted = rows["page"], rows["tinted-page"]
+    # The uncoloured page has no colour; the tinted model colours the paper everywhere.
+    assert page["coloured"] == 0 and page["colourfulness_ratio"] < 0.05
+    assert tinted["coloured"] > 0.9
+    # Ink is kept by both; the truth's white is white on the page, violet under the tint.
+    assert page["ink_kept"] == 1.0 and tinted["ink_kept"] == 1.0
+    assert page["white_kept"] == 1.0 and tinted["white_kept"] < 0.1
+    assert {r["source"] for r in res["rows"] if "source" in r} == {"shapes", "more"}
+    assert cv2.imread(str(tmp_path / "sheet.png")) is not None
+    bad = CliRunner().invoke(cli, ["evaluate", "--drawn", "--data", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2 and "no such folder" in bad.output

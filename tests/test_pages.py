@@ -38,7 +38,10 @@ def write(path: Path, img) -> Path:
 
 
 def run(inputs, out, weights, **kw):
-    pcfg = PagesConfig(out=str(out), **{k: v for k, v in kw.items() if k in ("fmt", "recolour", "overwrite")})
+    """colour_pages as the CLI calls it. Style 'photo' unless asked: most tests here check the
+    machinery (formats, archives, resume) on grey pages whose own L must come back."""
+    keys = ("fmt", "recolour", "overwrite", "style", "page_weights")
+    pcfg = PagesConfig(out=str(out), **{"style": "photo", **{k: v for k, v in kw.items() if k in keys}})
     rcfg = RunConfig(weights=str(weights), workers=kw.get("workers", 0), batch_size=4)
     return colour_pages([str(i) for i in inputs], pcfg, rcfg)
 
@@ -251,14 +254,7 @@ def test_run_refused_before_any_work(tmp_path, seed_weights):
     assert sorted(p.name for p in src.rglob("*")) == ["p.png"]
 
 
-def test_tall_page_coloured_in_windows_without_seams(tmp_path, tinted_weights):
-    windows = pages.tile_windows(2000, 200)
-    assert len(windows) > 1 and windows[0][0] == 0 and windows[-1][1] == 2000
-    assert all(y1 - y0 <= 2 * 200 for y0, y1, _, _ in windows)
-    assert pages.tile_windows(300, 200) == [(0, 300, 0, 200)]
-    # Blending constant predictions gives the same constant: no seams at overlaps.
-    ab = [np.full((2, 56, 56), 150, np.uint8) for _ in windows]
-    assert (pages.blend_windows(2000, 200, windows, ab) == 150).all()
+def test_tall_page_coloured_in_windows(tmp_path, tinted_weights):
     src = write(tmp_path / "strip.png", line_art(1200, 100))
     assert run([src], tmp_path / "out", tinted_weights).ok
     assert read_rgb(tmp_path / "out" / "strip.png").shape == (1200, 100, 3)
@@ -574,3 +570,78 @@ def test_dead_worker_ends_the_run_with_one_line(tmp_path, seed_weights, monkeypa
     with deadline(30), pytest.raises(WorkerError) as caught:
         run([src], tmp_path / "out", seed_weights, workers=1)
     assert caught.value.exit_code == errors.EXIT_FAILED and "\n" not in str(caught.value)
+
+
+# ------------------------------------------------------------------ drawn pages
+def drawn_page(h=480, w=360):
+    """Ink on paper: closed shapes, a speech balloon with lettering."""
+    page = np.full((h, w), 250, np.uint8)
+    cv2.rectangle(page, (30, 200), (160, 440), 15, 3)
+    cv2.circle(page, (250, 320), 70, 15, 3)
+    cv2.ellipse(page, (180, 80), (150, 50), 0, 0, 360, 15, 3)
+    cv2.putText(page, "WHAT A DAY", (70, 92), cv2.FONT_HERSHEY_SIMPLEX, 0.9, 15, 3)
+    return page
+
+
+def photo_page(h=300, w=400, seed=0):
+    """Continuous tone: a blurred noise field over the whole grey range."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w)).astype(np.uint8), (0, 0), 8)
+    return cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX)
+
+
+def test_auto_style_lays_flat_colour_under_ink_and_keeps_photos_l(tmp_path, tinted_weights,
+                                                                   tinted_page_weights):
+    src = tmp_path / "chapter"
+    write(src / "01.png", drawn_page())
+    write(src / "02.png", photo_page())
+    report = run([src], tmp_path / "out", tinted_weights, style="auto",
+                 page_weights=str(tinted_page_weights))
+    assert report.ok and report.styles == {"drawn": 1, "photo": 1}
+    page = drawn_page()
+    out = colour.rgb_to_lab(read_rgb(tmp_path / "out" / "01.png")).astype(int)
+    ink = page < 64
+    assert np.array_equal(read_rgb(tmp_path / "out" / "01.png")[ink], colour.grey_to_rgb(page)[ink])
+    chroma = np.hypot(out[..., 1] - 128, out[..., 2] - 128)
+    paper = page > 200
+    balloon = np.zeros(page.shape, bool)
+    cv2.ellipse(balloon.view(np.uint8), (180, 80), (145, 45), 0, 0, 360, 1, -1)
+    # The paper outside the balloon takes the layer's violet at about its lightness ...
+    assert np.median(chroma[paper & ~balloon]) > 30
+    assert abs(np.median(out[..., 0][paper & ~balloon]) * 100 / 255 - 80) < 6
+    # ... the balloon stays white, its lettering black.
+    assert chroma[paper & balloon].max() <= 2
+    # The photo page keeps its own L (and takes the photo model's tint).
+    photo = colour.rgb_to_lab(read_rgb(tmp_path / "out" / "02.png")).astype(int)
+    assert np.abs(photo[..., 0] - photo_page()).max() <= 3
+
+
+def test_style_override_and_archives_for_drawn_pages(tmp_path, tinted_weights, tinted_page_weights):
+    src = tmp_path / "in"
+    write(src / "p.png", drawn_page())
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("001.png", cv2.imencode(".png", drawn_page())[1].tobytes())
+    (src / "book.cbz").write_bytes(buf.getvalue())
+    # Forced photo: a drawn page keeps its L (paper stays paper).
+    report = run([src / "p.png"], tmp_path / "photo", tinted_weights, style="photo")
+    assert report.styles == {"photo": 1}
+    kept = colour.rgb_to_lab(read_rgb(tmp_path / "photo" / "p.png"))[..., 0].astype(int)
+    assert np.abs(kept - drawn_page()).max() <= 3
+    # Forced drawn, through an archive too.
+    report = run([src], tmp_path / "drawn", tinted_weights, style="drawn",
+                 page_weights=str(tinted_page_weights))
+    assert report.ok and report.styles == {"drawn": 2} and len(report.archives) == 1
+    with zipfile.ZipFile(tmp_path / "drawn" / "book.cbz") as zf:
+        member = cv2.imdecode(np.frombuffer(zf.read("001.png"), np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(member, cv2.imread(str(tmp_path / "drawn" / "p.png")))
+
+
+def test_bad_page_weights_end_the_run_before_any_page(tmp_path, tinted_weights):
+    from colourbatch.checkpoint import CheckpointError
+    src = write(tmp_path / "in" / "p.png", drawn_page())
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not weights")
+    with pytest.raises(CheckpointError) as info:
+        run([src], tmp_path / "out", tinted_weights, style="auto", page_weights=str(bad))
+    assert info.value.exit_code == 2 and not (tmp_path / "out" / "p.png").exists()

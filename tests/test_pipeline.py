@@ -1,10 +1,13 @@
-"""pipeline.Colouriser: the decoding a run asks for, refused before the model loads when unknown."""
+"""pipeline: the Colouriser's decoding (refused before the model loads when unknown), and a
+page's windows, tiles and colouring for each style."""
+import numpy as np
 import pytest
 import torch
 
-from colourbatch import checkpoint
+from colourbatch import checkpoint, colour
 from colourbatch.config import RunConfig
 from colourbatch.model import build_model
+from colourbatch import pipeline
 from colourbatch.pipeline import Colouriser, PipelineError
 
 
@@ -26,3 +29,33 @@ def test_unknown_decode_is_refused_before_the_weights_load(tmp_path):
     with pytest.raises(PipelineError, match="unknown decode 'vivid'") as err:
         Colouriser(RunConfig(weights=str(tmp_path / "missing.pt"), decode="vivid"))
     assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("planes", [2, 3])  # a/b for photo pages, a colour layer for drawn ones
+def test_tall_page_windows_blend_without_seams(planes):
+    windows = pipeline.tile_windows(2000, 200)
+    assert len(windows) > 1 and windows[0][0] == 0 and windows[-1][1] == 2000
+    assert all(y1 - y0 <= 2 * 200 for y0, y1, _, _ in windows)
+    assert pipeline.tile_windows(300, 200) == [(0, 300, 0, 200)]
+    # Blending constant predictions gives the same constant: no seams at overlaps.
+    small = [np.full((planes, 56, 56), 150, np.uint8) for _ in windows]
+    out = pipeline.blend_windows(2000, 200, windows, small)
+    assert out.shape == (planes, 2000, 200) and (out == 150).all()
+
+
+def test_page_tiles_and_colour_by_style():
+    l8 = np.full((300, 200), 250, np.uint8)
+    l8[100:104] = 20  # an ink line
+    for style in ("photo", "drawn"):
+        windows, tiles = pipeline.tile_page(l8, style)
+        assert windows == [(0, 300, 0, 200)] and tiles[0].shape == (224, 224)
+    ab = [np.full((2, 56, 56), 128 + 40, np.uint8)]
+    layer = [np.stack([np.full((56, 56), 200, np.uint8), ab[0][0], ab[0][1]])]
+    photo = pipeline.colour_page(l8, "photo", windows, ab)
+    drawn = pipeline.colour_page(l8, "drawn", windows, layer)
+    lab_p, lab_d = colour.rgb_to_lab(photo).astype(int), colour.rgb_to_lab(drawn).astype(int)
+    # photo keeps the page's L (paper near white holds little colour); drawn lays the layer's
+    # own lightness and colour on the paper and keeps the ink.
+    assert np.abs(lab_p[..., 0] - l8).max() <= 2
+    assert 180 <= lab_d[10, 10, 0] <= 200 and lab_d[10, 10, 1] > 128 + 25
+    assert (drawn[100:104] == 20).all()
