@@ -99,11 +99,9 @@ def _is_tensor_dict(obj: Any) -> bool:
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A plain state dict (name -> tensor), such as torchvision's .pth files; CheckpointError otherwise."""
-    blob = _open(path)
-    if not _is_tensor_dict(blob):
-        raise CheckpointError(f"{path}: not a state dict of named tensors")
-    return blob
+    """A file's named tensors: a plain state dict (such as torchvision's .pth files) or a
+    colourbatch weights file's state (checked in full); CheckpointError otherwise."""
+    return read(path)["state"]
 
 
 def read(path: str | os.PathLike) -> dict[str, Any]:

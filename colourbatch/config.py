@@ -166,7 +166,7 @@ class TrainConfig:
     threads: int | None = None       # CPU threads per process; None = the cores, shared among torchrun's local processes
     seed: int = 0                    # data order, augmentation and initialisation
     resume: str | None = None        # a .ckpt file to continue from exactly
-    init_encoder: str = "auto"       # ImageNet encoder weights: 'auto' (installed package), 'none' or a .pth path
+    init_encoder: str = "auto"       # start weights: 'auto' (installed ImageNet package), 'none', a .pth path, or a colourbatch weights file
     rebalance: float = 0.5           # Zhang's lambda: mix of bin prior and uniform in the class weights
     sigma: float = 5.0               # soft-encoding width (LAB units) over the 5 nearest bins
     reg_weight: float = 0.5          # weight of the L1 term on the distribution's mean a/b (faithfulness)

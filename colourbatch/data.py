@@ -4,7 +4,11 @@ Training/evaluation data, and the one train/val/all split (`split_dataset`: by a
 hash of each path, or by whole held-out sources): the Kaggle "image-colorization" arrays (memory-mapped,
 never loaded whole) and folders of colour images (RGBA cut-outs composited on a
 background). Both yield ``(l8, ab8)``: uint8 tensors (1, S, S) and (2, S, S) in
-OpenCV 8-bit LAB; conversion to floats happens on the training device.
+OpenCV 8-bit LAB; conversion to floats happens on the training device. For a
+model of drawn pages (``drawn``) they yield ``(x8, l8, ab8)``: first the
+picture drawn as ink on paper (lineart.draw_page, at the crop's own resolution,
+then squeezed as a page is), the network's input (`split_batch` takes a batch
+of either apart).
 
 Every random choice of a training sample is drawn from a generator seeded by
 (seed, epoch, index), so a resumed run sees exactly the batches it would have
@@ -12,6 +16,7 @@ seen, and the validation split (a hash of each file's path) never moves.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, default_convert
 
-from . import colour, files
+from . import colour, files, lineart
 from .config import SPLITS, VAL_FRACTION
 from .errors import EXIT_FAILED, ColourbatchError, InputError, one_line
 
@@ -98,9 +103,9 @@ class KaggleDataset(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", val_fraction: float = VAL_FRACTION,
-                 augment: bool = True, size: int = colour.TILE, seed: int = 0):
+                 augment: bool = True, size: int = colour.TILE, seed: int = 0, drawn: bool = False):
         root = Path(root)
-        self.root, self.augment, self.size, self.seed = root, augment, size, seed
+        self.root, self.augment, self.size, self.seed, self.drawn = root, augment, size, seed, drawn
         self.grey = _open_npy(root / KAGGLE_GREY)
         if self.grey.dtype != np.uint8 or self.grey.ndim != 3:
             raise DataError(f"{root / KAGGLE_GREY}: expected uint8 (N, H, W), got "
@@ -138,9 +143,10 @@ class KaggleDataset(Dataset):
         # np.array copies the one picture out of the read-only memmap: a tensor aliasing
         # the map is unwritable (torch warns of undefined behaviour) and pins its pages.
         lab = np.dstack([self.grey[j], self.ab[k][j - self.offsets[k]]])
-        if self.augment and _rng(self.seed, self.epoch, i).random() < 0.5:
+        rng = _rng(self.seed, self.epoch, i)
+        if self.augment and rng.random() < 0.5:
             lab = lab[:, ::-1]
-        return _lab_tensors(colour.l_tile(lab, self.size))
+        return _sample(lab, self.size, self.drawn, rng if self.augment else None)
 
 
 # ---------------------------------------------------------------- image folders
@@ -228,14 +234,16 @@ class ImageFolderDataset(Dataset):
     to a square exactly as inference squeezes frames and pages), horizontal
     flip, and scale jitter from the area choice. Without (validation,
     evaluation): each whole image squeezed once. RGBA cut-outs are composited
-    on a random flat background per image.
+    on a random flat background per image. `drawn`: each sample is (x8, l8, ab8),
+    x8 the crop drawn by lineart.draw_page (random style when augmenting, the
+    plain one otherwise).
     """
 
     def __init__(self, roots: Sequence[str | os.PathLike], split: str = "train",
                  val_fraction: float = VAL_FRACTION, size: int = colour.TILE, crops: int = 1,
                  seed: int = 0, max_side: int = 1024, on_skip=None, augment: bool | None = None,
-                 holdout: Sequence[str] = ()):
-        self.size, self.seed = size, seed
+                 holdout: Sequence[str] = (), drawn: bool = False):
+        self.size, self.seed, self.drawn = size, seed, drawn
         self.augment = split == "train" if augment is None else augment
         self.crops = crops if self.augment else 1
         self.items: list[FolderImage] = []
@@ -287,9 +295,10 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int):
         lab = self.items[i % len(self.items)].lab
+        rng = _rng(self.seed, self.epoch, i)
         if self.augment:
-            lab = self._random_crop(lab, _rng(self.seed, self.epoch, i))
-        return _lab_tensors(colour.l_tile(lab, self.size))
+            lab = self._random_crop(lab, rng)
+        return _sample(lab, self.size, self.drawn, rng if self.augment else None)
 
     def _random_crop(self, lab: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = lab.shape[:2]
@@ -305,10 +314,50 @@ class ImageFolderDataset(Dataset):
         return crop
 
 
-def _lab_tensors(lab: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 LAB tile (S, S, 3) -> the (l8 (1, S, S), ab8 (2, S, S)) pair every data set yields."""
-    t = torch.from_numpy(np.ascontiguousarray(lab)).permute(2, 0, 1)
-    return t[:1].contiguous(), t[1:].contiguous()
+#: A drawn sample is drawn at up to this many times its tile's side, then squeezed to the tile
+#: (INTER_AREA), so thin lines fade to grey as a large page's do when it becomes a tile;
+#: drawing at the full crop (up to 1024 px) would cost the data worker more than the step.
+DRAW_OVERSAMPLE = 2.5
+
+
+def _sample(lab: np.ndarray, size: int, drawn: bool, rng: np.random.Generator | None) -> tuple:
+    """uint8 LAB picture or crop (H, W, 3) -> what a data set yields for it, squeezed to `size`:
+    (l8 (1, S, S), ab8 (2, S, S)), or with `drawn` (x8 (1, S, S), l8, ab8), x8 drawn by
+    lineart.draw_page (`rng` None: the plain style) at up to DRAW_OVERSAMPLE x the tile,
+    then squeezed."""
+    t = torch.from_numpy(colour.l_tile(lab, size)).permute(2, 0, 1)
+    pair = (t[:1].contiguous(), t[1:].contiguous())
+    if not drawn:
+        return pair
+    h, w = lab.shape[:2]
+    s = DRAW_OVERSAMPLE * size / max(h, w)
+    if s < 1:
+        lab = cv2.resize(lab, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    page = lineart.draw_page(colour.lab_to_rgb(np.ascontiguousarray(lab)), rng)
+    return (torch.from_numpy(colour.l_tile(page, size))[None],) + pair
+
+
+@contextlib.contextmanager
+def one_opencv_thread():
+    """OpenCV on one thread within the block, as it was after. Training's data workers run
+    beside the training threads, and OpenCV's own pool of a thread per core in each would
+    oversubscribe the cores (drawn samples ran 10x slower). Set in the parent, before the
+    workers fork: a forked worker that reconfigures OpenCV's pool hangs on its lock."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of (l8, ab8), or of (x8, l8, ab8) from a drawn data set -> (x8, l8, ab8):
+    the tiles the network is given (the L tiles themselves when not drawn), and the truth."""
+    if len(batch) == 3:
+        return tuple(batch)
+    l8, ab8 = batch
+    return l8, l8, ab8
 
 
 def check_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -324,7 +373,7 @@ def check_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 def split_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: float = VAL_FRACTION,
                   size: int = colour.TILE, crops: int = 1, seed: int = 0, augment: bool = False,
-                  on_skip=None, holdout: Sequence[str] = ()) -> Dataset:
+                  on_skip=None, holdout: Sequence[str] = (), drawn: bool = False) -> Dataset:
     """One Kaggle folder, or any number of image folders, as a Dataset of (l8, ab8) tiles.
 
     `split` is one of SPLITS. Without `holdout`, validation is the pictures
@@ -336,7 +385,8 @@ def split_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: 
     elsewhere. A Kaggle folder keeps its fixed tail split and has no sources.
     `augment` (training) draws `crops` random crops and flips per picture;
     without it every picture is squeezed whole, once. Each data set's
-    `source(i)` names the source of picture i.
+    `source(i)` names the source of picture i. `drawn` (a model of drawn pages):
+    samples are (x8, l8, ab8), x8 the picture drawn as ink on paper.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
@@ -347,11 +397,12 @@ def split_dataset(paths: Sequence[str | os.PathLike], split: str, val_fraction: 
             raise DataError("a Kaggle folder trains on its own; give it as the only --data")
         if holdout:
             raise DataError("a Kaggle folder has no sources to hold out; it keeps its tail split")
-        return KaggleDataset(kaggle[0], split, val_fraction, augment=augment, size=size, seed=seed)
+        return KaggleDataset(kaggle[0], split, val_fraction, augment=augment, size=size, seed=seed,
+                             drawn=drawn)
     if any((p / "l").is_dir() or (p / "ab").is_dir() for p in paths):
         raise DataError(f"{paths[0]}: looks like a Kaggle folder but lacks l/gray_scale.npy")
     return ImageFolderDataset(paths, split, val_fraction, size, crops if augment else 1, seed,
-                              on_skip=on_skip, augment=augment, holdout=tuple(holdout))
+                              on_skip=on_skip, augment=augment, holdout=tuple(holdout), drawn=drawn)
 
 
 # ------------------------------------------------------------------- sampling

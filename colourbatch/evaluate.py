@@ -53,7 +53,7 @@ import torch
 from . import colour, files, flats, media
 from .config import DECODES, VAL_FRACTION, EvalConfig
 from .data import (ImageError, list_images, make_loader, read_colour_image, source_of,
-                   split_dataset)
+                   split_batch, split_dataset)
 from .device import autocast, prepare_model
 from .errors import ColourbatchError, one_line
 from .lineart import draw_page
@@ -181,7 +181,8 @@ def evaluate_model(model, loader, device, dtype, temperature: float | None = Non
                    max_images: int | None = None, grey: bool = False,
                    on_batch=None, decodes: tuple = (None,),
                    sources: list[str] | None = None) -> dict[str, Any]:
-    """Metrics of `model` (and of the grey baseline if `grey`) over a loader of (l8, ab8).
+    """Metrics of `model` (and of the grey baseline if `grey`) over a loader of (l8, ab8),
+    or of (x8, l8, ab8) from a drawn data set (the model is given x8).
 
     The model predicts from the L tile, a/b is upsampled to the tile's size and
     merged with the true L exactly as the pipeline merges pages and frames.
@@ -197,8 +198,9 @@ def evaluate_model(model, loader, device, dtype, temperature: float | None = Non
     model.eval()
     seen = 0
     with torch.inference_mode(), autocast(device, dtype):
-        for l8, ab8 in loader:
-            raw = model(model_input(l8.to(device, non_blocking=True)))
+        for batch in loader:
+            x8, l8, ab8 = split_batch(batch)  # x8: the drawn page for a model of drawn pages, else l8
+            raw = model(model_input(x8.to(device, non_blocking=True)))
             preds = {n: merged_lab(l8, model.decode(raw, temperature, d)) for n, d in zip(names, decodes)}
             l_np, ab_np = l8.numpy(), ab8.numpy()
             for i in range(len(l_np)):

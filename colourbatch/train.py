@@ -28,7 +28,7 @@ import torch
 
 from . import __version__, checkpoint as ckpt, colour
 from .config import TrainConfig
-from .data import ResumableSampler, make_loader, set_epoch, split_dataset
+from .data import ResumableSampler, make_loader, one_opencv_thread, set_epoch, split_batch, split_dataset
 from .device import autocast, cpu_count, grad_scaler, prepare_model
 from .errors import EXIT_FAILED, ColourbatchError, one_line
 from .evaluate import evaluate_model
@@ -76,7 +76,8 @@ def train(cfg: TrainConfig, on_event: Callable[[str, dict], None] | None = None)
     if not main:
         emit = lambda kind, info: None  # noqa: E731 - only rank 0 reports
     try:
-        return _train(cfg, emit, device, dtype, rank, world, main, resume_blob)
+        with one_opencv_thread():
+            return _train(cfg, emit, device, dtype, rank, world, main, resume_blob)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -119,9 +120,9 @@ def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
 
     train_set = split_dataset(cfg.data, "train", cfg.val_fraction, cfg.size, cfg.crops, cfg.seed,
                               augment=True, on_skip=lambda p, why: emit("skip", {"path": p, "reason": why}),
-                              holdout=cfg.holdout)
+                              holdout=cfg.holdout, drawn=net.drawn)
     val_set = split_dataset(cfg.data, "val", cfg.val_fraction, colour.TILE, seed=cfg.seed,
-                            holdout=cfg.holdout)
+                            holdout=cfg.holdout, drawn=net.drawn)
     global_batch = cfg.batch_size * world
     if len(train_set) < global_batch:
         # drop_last would yield no batch at all and the loop below would never end.
@@ -173,14 +174,13 @@ def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
         sampler = ResumableSampler(len(train_set), cfg.seed, rank, world, epoch, offset)
         loader = make_loader(train_set, cfg.batch_size, cfg.workers, sampler=sampler,
                              pin_memory=pin, drop_last=True)
-        for l8, ab8 in loader:
-            l8 = l8.to(device, non_blocking=True)
-            ab8 = ab8.to(device, non_blocking=True)
+        for batch in loader:
+            x8, l8, ab8 = (t.to(device, non_blocking=True) for t in split_batch(batch))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             with autocast(device, dtype):
                 # Forward through the (possibly DDP) wrapper so gradients are synchronised.
-                loss = loss_fn(model(model_input(l8)), l8, ab8)
+                loss = loss_fn(model(model_input(x8)), l8, ab8, x8)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

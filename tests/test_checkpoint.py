@@ -154,6 +154,16 @@ def test_read_tensors_takes_only_a_dict_of_tensors(tmp_path, kind):
     assert list(checkpoint.read_tensors(p)) == ["features.0.0.weight"]
 
 
+
+def test_read_tensors_gives_a_weights_files_state(tmp_path):
+    from colourbatch.model import build_model
+
+    model = build_model("seed")
+    checkpoint.save(tmp_path / "w.pt", model, half=True)
+    state = checkpoint.read_tensors(tmp_path / "w.pt")  # e.g. to start a page model from default.pt
+    assert state.keys() == model.state_dict().keys()
+
+
 @pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
 def test_paths_that_are_not_files_are_refused_without_reading(tmp_path, kind, deadline):
     p = tmp_path / "w.pt"

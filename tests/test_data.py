@@ -173,6 +173,43 @@ def test_training_crops_are_reproducible(image_folder):
     assert not torch.equal(a[7][1], b[7][1])  # a new epoch draws new crops
 
 
+def test_drawn_samples_are_the_picture_as_ink_on_paper_with_its_truth(tmp_path, kaggle_dir):
+    import cv2
+
+    from colourbatch import colour, lineart
+    from colourbatch.data import DRAW_OVERSAMPLE, split_batch
+
+    root = tmp_path / "drawn"
+    root.mkdir()
+    rgb = np.full((300, 300, 3), 255, np.uint8)
+    cv2.circle(rgb, (150, 150), 80, (40, 90, 200), -1)  # a blue disc on paper
+    cv2.imwrite(str(root / "disc.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    val = ImageFolderDataset([root], "all", size=64, drawn=True)
+    x8, l8, ab8 = val[0]
+    plain_l8, plain_ab8 = ImageFolderDataset([root], "all", size=64)[0]
+    assert torch.equal(l8, plain_l8) and torch.equal(ab8, plain_ab8)  # the truth is the picture's
+    assert x8.shape == (1, 64, 64) and x8.dtype == torch.uint8
+    # Plain style, drawn at DRAW_OVERSAMPLE x the tile then squeezed: exactly that, every time.
+    side = round(DRAW_OVERSAMPLE * 64)
+    small = cv2.resize(colour.rgb_to_lab(rgb), (side, side), interpolation=cv2.INTER_AREA)
+    want = colour.l_tile(lineart.draw_page(colour.lab_to_rgb(small)), 64)
+    assert np.array_equal(x8[0].numpy(), want) and torch.equal(val[0][0], x8)
+    assert x8[0, 32, 32] >= 235 and x8[0, 5, 5] >= 235      # inside the disc and outside: paper
+    assert x8[0, 32, 32] > l8[0, 32, 32] + 100              # where the truth is a dark blue
+    assert x8[0, 32, 12:16].min() < 160                     # the disc's edge is a line
+    train = ImageFolderDataset([root], "train", val_fraction=0.0, size=64, crops=3, drawn=True)
+    samples = [train[i] for i in range(3)]
+    assert all(len(s) == 3 for s in samples)
+    assert len({s[0].numpy().tobytes() for s in samples}) == 3  # random styles and crops
+    assert torch.equal(train[1][0], samples[1][0])             # ... reproducible per index
+    batch = [torch.stack(t) for t in zip(*samples)]
+    assert split_batch(batch) is not None and split_batch(batch)[0] is batch[0]
+    assert [t is u for t, u in zip(split_batch(batch[1:]), [batch[1], batch[1], batch[2]])] == [True] * 3
+    # The Kaggle set can be drawn too: its pictures are LAB like a folder's.
+    k = split_dataset([kaggle_dir], "train", 0.1, 32, augment=True, drawn=True)
+    assert [t.shape[0] for t in k[0]] == [1, 1, 2]
+
+
 # ----------------------------------------------------------------- sampler
 def test_sampler_resumes_mid_epoch_with_the_same_order():
     full = list(ResumableSampler(27, seed=4, epoch=2))

@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from colourbatch.model import MODELS, build_model, model_config, model_input, predict_ab8
+from colourbatch.model import (MODELS, PageNet, build_model, model_config, model_input, predict_ab8,
+                               predict_layer8)
 
 
 def test_seed_is_colourmepy():
@@ -90,7 +91,7 @@ def test_every_model_carries_its_recipe():
         loss_fn = net.make_loss(0.5, 5.0, 0.5)
         l8 = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
         ab8 = torch.randint(100, 156, (2, 2, 32, 32), dtype=torch.uint8)
-        loss = loss_fn(net(model_input(l8)), l8, ab8)
+        loss = loss_fn(net(model_input(l8)), l8, ab8, l8)
         assert loss.ndim == 0 and torch.isfinite(loss)
         loss.backward()
     assert type(build_model("seed").configure_optimizers(1e-3, 0.1)) is torch.optim.Adam
@@ -213,3 +214,94 @@ def test_decoding_is_fp32_under_autocast():
     for policy, ab in inside.items():
         assert ab.dtype == torch.float32
         assert torch.equal(ab, m.decode(raw.bfloat16(), policy=policy))
+
+
+# --------------------------------------------------------------------- page model
+def test_page_model_decodes_ab_like_default_and_a_layer_in_lab_units():
+    torch.manual_seed(0)
+    m = build_model("page").eval()
+    assert m.drawn and not build_model("default").drawn and not build_model("seed").drawn
+    with torch.no_grad():
+        raw = m(torch.rand(2, 1, 224, 224))
+    assert raw.shape == (2, len(m.bins) + 1, 56, 56)
+    ab = m.decode(raw)
+    assert ab.shape == (2, 2, 56, 56)
+    # a/b come from the bin logits alone: the layer channel changes nothing of them.
+    other = raw.clone()
+    other[:, -1] = 50.0
+    assert torch.equal(m.decode(other), ab) and torch.equal(m.certainty(other), m.certainty(raw))
+    layer = m.decode_layer(raw)
+    assert layer.shape == (2, 3, 56, 56) and layer.dtype == torch.float32
+    assert torch.equal(layer[:, 1:], ab)
+    assert 0 <= layer[:, 0].min() and layer[:, 0].max() <= 100
+    other[:, -1] = -50.0
+    assert m.decode_layer(other)[:, 0].max() < 1e-3  # the layer's L spans 0 (black) ...
+    other[:, -1] = 50.0
+    assert m.decode_layer(other)[:, 0].min() > 99.99  # ... to 100 (white)
+
+
+def test_predict_layer8_for_every_model():
+    torch.manual_seed(0)
+    l8 = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
+    for name in MODELS:
+        m = build_model(name).eval()
+        with torch.no_grad():
+            lab8 = predict_layer8(m, l8)
+            ab8 = predict_ab8(m, l8)
+        assert lab8.dtype == torch.uint8 and lab8.shape[:2] == (2, 3), name
+        assert torch.equal(lab8[:, 1:], ab8), name  # its a/b are the model's own
+        if name == "page":
+            with torch.no_grad():
+                lab = m.decode_layer(m(model_input(l8)))
+            want = (lab[:, 0] * 2.55).round().clamp(0, 255)
+            assert torch.equal(lab8[:, 0].float(), want)
+        else:
+            assert (lab8[:, 0] == 255).all(), name  # no layer: white paper with their colour
+    m = _constant_seed_model((0.0, 168.0, 88.0))
+    with torch.no_grad():
+        assert predict_layer8(m, l8)[0, :, 0, 0].tolist() == [255, 168, 88]
+
+
+def test_page_loss_learns_the_layer_off_the_ink_only():
+    torch.manual_seed(0)
+    m = build_model("page").eval()
+    loss_fn = m.make_loss(0.5, 5.0, 0.5)
+    l8 = torch.full((1, 1, 64, 64), 200, dtype=torch.uint8)
+    ab8 = torch.full((1, 2, 64, 64), 128, dtype=torch.uint8)
+    with torch.no_grad():
+        raw = m(model_input(l8))
+    raw[:, -1] = 0.0  # the layer says L = 50
+    paper = torch.full_like(l8, 250)
+    ink = torch.full_like(l8, 10)
+    half = paper.clone()
+    half[..., :32] = 10  # the left half is ink
+    base = loss_fn(raw, l8, ab8, ink)  # all ink: the layer's L costs nothing
+    # Off the ink the layer's L error (|50 - 78.4| L units / bin size 10) is counted in full.
+    assert (loss_fn(raw, l8, ab8, paper) - base).item() == pytest.approx(2.84, abs=0.05)
+    assert (loss_fn(raw, l8, ab8, half) - base).item() == pytest.approx(2.84, abs=0.05)  # a mean off ink
+    better = raw.clone()
+    better[:, -1] = torch.logit(torch.tensor(200 / 255))
+    assert loss_fn(better, l8, ab8, paper).item() == pytest.approx(base.item(), abs=1e-3)
+
+
+def test_page_model_starts_from_default_weights_file(tmp_path):
+    torch.manual_seed(0)
+    default = build_model("default")
+    state = {k: v + 0.5 if v.is_floating_point() else v for k, v in default.state_dict().items()}
+    page = build_model("page")
+    assert isinstance(page, PageNet)
+    fresh_head = page.layer_head.weight.clone()
+    assert page.init_encoder(str(tmp_path / "default.pt"), lambda p: state) == "weights:default.pt"
+    assert torch.equal(page.head.weight, state["head.weight"])          # the colour decoder as trained
+    assert torch.equal(page.encoder.features[0][0].weight, state["encoder.features.0.0.weight"])
+    assert torch.equal(page.layer_head.weight, fresh_head)             # its own head stays fresh
+    assert not torch.equal(page.prior, state["prior"])                  # the prior is its data's own
+    wrong = dict(state)
+    wrong["head.weight"] = torch.zeros(3, 96, 1, 1)
+    with pytest.raises(ValueError, match="other.pt: not weights of this network: 0 tensors missing, 1 of"):
+        page.init_encoder(str(tmp_path / "other.pt"), lambda p: wrong)
+    partial = {k: v for k, v in state.items() if not k.startswith("up8.")}
+    with pytest.raises(ValueError, match="tensors missing"):
+        page.init_encoder("p.pt", lambda p: partial)
+    # A default model can start from a page model's file too (all it needs is there).
+    assert default.init_encoder("page.pt", lambda p: page.state_dict()) == "weights:page.pt"

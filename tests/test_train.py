@@ -1,6 +1,7 @@
 """train(): loss goes down, files come out, resume is exact, bad resumes are refused."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -286,7 +287,7 @@ def test_a_new_table_entry_trains_without_touching_train_py(kaggle_dir, tmp_path
 class _DivergingNet(model_table.SeedNet):
     def make_loss(self, rebalance, sigma, reg_weight):
         mse = super().make_loss(rebalance, sigma, reg_weight)
-        return lambda raw, l8, ab8: mse(raw, l8, ab8) * float("nan")
+        return lambda raw, l8, ab8, x8: mse(raw, l8, ab8, x8) * float("nan")
 
 
 def test_a_diverging_loss_fails_part_way_with_exit_1(kaggle_dir, tmp_path, monkeypatch):
@@ -326,3 +327,35 @@ def test_train_command_holds_out_sources(image_folder, tmp_path):
     assert checkpoint.read(out)["metadata"]["train_config"]["holdout"] == ["sub"]
     r = CliRunner().invoke(cli, args[:8] + ["nowhere"] + args[9:])
     assert r.exit_code == 2 and "held-out source(s) nowhere" in r.output
+
+
+def test_a_page_model_trains_on_drawn_pictures_through_the_one_loop(tmp_path, monkeypatch):
+    import cv2
+    import numpy as np
+
+    from colourbatch import data, lineart
+
+    root = tmp_path / "art"
+    rng = np.random.default_rng(0)
+    for src in ("a", "b"):
+        (root / src).mkdir(parents=True)
+        for i in range(4):
+            rgb = np.full((96, 96, 3), 255, np.uint8)
+            c = tuple(int(v) for v in rng.integers(0, 256, 3))
+            cv2.rectangle(rgb, (10 + 5 * i, 20), (70, 80 - 4 * i), c, -1)
+            cv2.imwrite(str(root / src / f"{i}.png"), rgb)
+    drawn = []
+    real = lineart.draw_page
+    monkeypatch.setattr(data.lineart, "draw_page", lambda rgb, rng=None, scale=1.0:
+                        drawn.append(rng is None) or real(rgb, rng, scale))
+    ev = _Events()
+    out = tmp_path / "page.pt"
+    with within(120):
+        train(_cfg([root], out, model="page", steps=3, batch_size=4, size=64, holdout=("b",),
+                   lr=1e-3), ev)
+    # Training drew random styles; validation (source b: 4 pictures) the plain one.
+    assert False in drawn and drawn.count(True) >= 4
+    assert ev.of("eval") and all(map(math.isfinite, [i["loss"] for i in ev.of("step")]))
+    model, meta = checkpoint.load(out)
+    assert isinstance(model, model_table.PageNet) and model.drawn
+    assert checkpoint.read(out)["model"] == "page" and meta["train_config"]["model"] == "page"

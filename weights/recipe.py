@@ -5,6 +5,9 @@
     python weights/recipe.py finalize T  # set the default's temperature, write SHA256SUMS
     python weights/recipe.py plan        # print the held-out-source retrain (issue 12); runs nothing
     python weights/recipe.py loso SOURCE MODEL  # one run of that plan: photos/SOURCE held out whole
+    python weights/page_data.py        # -> /work/data-extra/drawn (Open Clip Art colour drawings)
+    python weights/recipe.py page [CKPT]  # -> weights/page.pt, from weights/default.pt (resume: CKPT)
+    python weights/recipe.py finalize-page T  # set the page model's temperature, write SHA256SUMS
 
 Equivalent CLI: colourbatch train --data ../shared/data/photos --data
 ../shared/data/cutouts --data ../shared/data/animation --model MODEL
@@ -81,10 +84,39 @@ def loso_config(source: str, model: str) -> TrainConfig:
                   "data_manifest_sha256": file_sha256(DATA / "MANIFEST.tsv")})
 
 
+#: The page model's data (weights/page_data.py writes it) and the whole categories held out.
+DRAWN = Path("/work/data-extra/drawn")
+PAGE_HOLDOUT = ("food", "buildings")
+
+
+def page_config(resume: str | None = None) -> TrainConfig:
+    """The page model: drawn pages from Open Clip Art, fine-tuned from the shipped default weights."""
+    return TrainConfig(
+        data=(str(DRAWN),), out="weights/page.pt", checkpoint="weights/page.pt.ckpt", model="page",
+        holdout=PAGE_HOLDOUT, init_encoder="weights/default.pt", steps=2000, batch_size=16, size=176,
+        crops=4, warmup=100, val_every=250, val_images=96, ckpt_every=100, log_every=10, seed=0,
+        threads=1, workers=1, precision="fp32", max_minutes=72, resume=resume,
+        metadata={"recipe": "python weights/recipe.py page",
+                  "data_manifest_sha256": file_sha256(DRAWN / "MANIFEST.tsv")})
+
+
+#: The shipped weights files, recorded in weights/SHA256SUMS.
+SHIPPED = ("default", "seed", "page")
+
+
+def write_sums() -> None:
+    lines = [f"{file_sha256(f'weights/{n}.pt')}  {n}.pt" for n in SHIPPED]
+    Path("weights/SHA256SUMS").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "default"
     if name == "plan":
         print("\n".join(plan()))
+        return
+    if name == "page":
+        train(page_config(sys.argv[2] if len(sys.argv) > 2 else None), show)
         return
     if name == "loso":
         train(loso_config(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "default"), show)
@@ -103,9 +135,19 @@ def main() -> None:
         blob["metadata"]["temperature_chosen_on"] = "val split of cutouts/ and animation/ (not photos/)"
         model = checkpoint.model_from_blob(blob, "weights/default.pt")
         checkpoint.save("weights/default.pt", model, blob["metadata"], half=True)
-        lines = [f"{file_sha256(f'weights/{n}.pt')}  {n}.pt" for n in ("default", "seed")]
-        Path("weights/SHA256SUMS").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        write_sums()
+        return
+    if name == "finalize-page":
+        # python weights/recipe.py finalize-page T: the page model's decoding temperature
+        # (chosen with weights/page_eval.py on its held-out categories), then SHA256SUMS.
+        from colourbatch import checkpoint
+
+        blob = checkpoint.read("weights/page.pt")
+        blob["config"]["temperature"] = float(sys.argv[2])
+        blob["metadata"]["temperature_chosen_on"] = f"held-out categories {', '.join(PAGE_HOLDOUT)}"
+        model = checkpoint.model_from_blob(blob, "weights/page.pt")
+        checkpoint.save("weights/page.pt", model, blob["metadata"], half=True)
+        write_sums()
         return
     cfg = TrainConfig(
         data=(str(DATA / "photos"), str(DATA / "cutouts"), str(DATA / "animation")),

@@ -1,0 +1,85 @@
+"""Measure a page model on the held-out drawings, as a page would be coloured.
+
+    python weights/page_eval.py [WEIGHTS] [SHEET.png] [T]
+
+For every picture of the held-out categories (weights/recipe.py PAGE_HOLDOUT,
+never trained on): draw it (lineart.draw_page, plain style: what evaluation
+uses), give the model the drawn page squeezed to its tile, upsample the flat
+colour layer it predicts to the picture's size and multiply it under the ink
+(RGB multiply: out = layer * page / 255; the pages pipeline's own compositing,
+colourbatch/flats.py, is scored by `colourbatch evaluate`). Prints JSON, means
+over pictures: PSNR RGB of that composite and of the uncoloured drawn page
+against the colour picture, the colourfulness ratio, and the share of non-ink
+pixels (input L8 >= 128) with chroma above 10. SHEET gets a contact sheet of
+the first pictures: drawn input | composite | truth. T: the decoding
+temperature (default: the weights' own).
+"""
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from colourbatch import checkpoint, colour
+from colourbatch.data import list_images, read_colour_image
+from colourbatch.evaluate import colourfulness, contact_sheet, psnr, write_png
+from colourbatch.lineart import draw_page
+from colourbatch.model import predict_layer8
+
+sys.path.insert(0, str(Path(__file__).parent))
+from recipe import DRAWN, PAGE_HOLDOUT  # noqa: E402
+
+INK_L8 = 128  # input L8 below which a pixel is ink
+SHEET_ROWS = 12
+
+
+def composite(model, page: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    """Drawn page L8 (H, W) -> RGB: the model's layer, upsampled, multiplied under the ink."""
+    h, w = page.shape
+    with torch.inference_mode():
+        tile = torch.from_numpy(colour.l_tile(page))[None, None]
+        lab = predict_layer8(model, tile, temperature)[0]
+    layer = cv2.resize(lab.permute(1, 2, 0).numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+    rgb = colour.lab_to_rgb(layer).astype(np.float32) * (page.astype(np.float32)[..., None] / 255.0)
+    return (rgb + 0.5).astype(np.uint8)
+
+
+def main() -> None:
+    weights = sys.argv[1] if len(sys.argv) > 1 else "weights/page.pt"
+    torch.set_num_threads(2)
+    model, _ = checkpoint.load(weights)
+    sums = {k: 0.0 for k in ("psnr_rgb", "psnr_drawn", "colourfulness", "colourfulness_true")}
+    coloured = paper_total = 0
+    t = float(sys.argv[3]) if len(sys.argv) > 3 else None
+    rows, n = [], 0
+    for cat in PAGE_HOLDOUT:
+        for path in list_images(DRAWN / cat):
+            truth = read_colour_image(path)
+            page = draw_page(truth)
+            out = composite(model, page, t)
+            drawn = colour.grey_to_rgb(page)
+            sums["psnr_rgb"] += psnr(out, truth)
+            sums["psnr_drawn"] += psnr(drawn, truth)
+            sums["colourfulness"] += colourfulness(out)
+            sums["colourfulness_true"] += colourfulness(truth)
+            lab = colour.rgb_to_lab(out).astype(np.int16)
+            ink = page < INK_L8
+            chroma = np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
+            coloured += int((chroma[~ink] > 10).sum())
+            paper_total += int((~ink).sum())
+            if len(rows) < SHEET_ROWS:
+                rows.append([drawn, out, truth])
+            n += 1
+    res = {k: v / n for k, v in sums.items()}
+    res["colourfulness_ratio"] = res["colourfulness"] / res["colourfulness_true"]
+    res.update(pictures=n, coloured_share=coloured / max(paper_total, 1), weights=weights,
+               temperature=t if t is not None else model.cfg.temperature)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
+    if len(sys.argv) > 2:
+        write_png(sys.argv[2], contact_sheet(["drawn input", "layer x ink", "truth"], rows))
+
+
+if __name__ == "__main__":
+    main()
