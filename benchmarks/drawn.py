@@ -1,7 +1,7 @@
 """Drawn pages as users see them: real black-and-white pages through `colourbatch pages`' own
 per-page path, with what the issue asks of them and what a drawn page costs beside a photo page.
 
-    python benchmarks/drawn.py PAGES_FOLDER [--sheet docs/sheet-drawn.png] [--limit N]
+    python benchmarks/drawn.py PAGES_FOLDER [--sheet docs/sheet-drawn.png] [--limit N] [--page-weights F]
 
 For each page (every picture under the folder, read as grey): the style the
 auto rule gives it; coloured = share of its non-ink area with chroma > 10;
@@ -46,9 +46,11 @@ def main():
     ap.add_argument("--sheet", help="contact sheet PNG: input | output")
     ap.add_argument("--limit", type=int, default=0, help="only the first N pages")
     ap.add_argument("--precision", default="fp32", help="fp32: this CPU has no native bf16")
+    ap.add_argument("--page-weights", help="page model [default: the shipped weights/page.pt]")
     args = ap.parse_args()
     run = RunConfig(device="cpu", precision=args.precision)
-    drawn_engine = Colouriser(run, shipped="page")
+    from dataclasses import replace
+    drawn_engine = Colouriser(replace(run, weights=args.page_weights), shipped="page")
     photo_engine = Colouriser(run)
     pages = list_images(args.folder)[:args.limit or None]
     print(f"{'page':28s} {'size':>10s} {'style':>6s} {'coloured':>9s} {'ink kept':>9s} "

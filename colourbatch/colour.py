@@ -47,6 +47,15 @@ def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(_c(grey), cv2.COLOR_GRAY2RGB)
 
 
+def l8_to_grey(l8: np.ndarray) -> np.ndarray:
+    """uint8 L8 plane (H, W) -> uint8 sRGB grey level (H, W) of that lightness (a = b = 0).
+
+    L8 is not a grey level: L8 11 is sRGB 15, L8 128 is sRGB 119. A 256-entry
+    table of the one LAB->RGB conversion, applied with cv2.LUT.
+    """
+    return cv2.LUT(_c(l8), _L8_GREY)
+
+
 def l_tile(img: np.ndarray, size: int = TILE) -> np.ndarray:
     """Squeeze an L8 plane (H, W) or a LAB image (H, W, 3) of any shape to the square tile.
 
@@ -174,3 +183,7 @@ def ab_gamut_bins(step: int = 10) -> np.ndarray:
     ab = rgb_to_lab(grid).reshape(-1, 3)[:, 1:].astype(np.float32) - AB_OFFSET
     idx = np.unique(np.floor(ab / step + 0.5).astype(np.int64), axis=0)
     return (idx * step).astype(np.float32)
+
+
+#: sRGB grey of each L8 value (l8_to_grey's table), made once with the one conversion.
+_L8_GREY = np.ascontiguousarray(lab_to_rgb(grey_lab(np.arange(256, dtype=np.uint8)[None]))[0, :, 0])

@@ -416,13 +416,6 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
     the shipped page model), with per-source rows when `cfg.per_source`.
     """
     emit = emit or (lambda kind, info: None)
-    models = []
-    for w in cfg.weights or (None,):
-        model, meta, path = load_weights(w, shipped="page")
-        models.append((path, model_config(model)[0], model))
-    names = _row_names([p for p, *_ in models])
-    device, dtype = open_device(cfg.device, cfg.precision)
-    models = [(p, m, prepare_model(net, device).eval()) for p, m, net in models]
     pictures = []
     for root in cfg.data:
         root = Path(root)
@@ -435,6 +428,13 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
         pictures = pictures[:cfg.max_images]
     if not pictures:
         raise EvalError(f"{', '.join(map(str, cfg.data))}: no pictures")
+    models = []
+    for w in cfg.weights or (None,):
+        model, meta, path = load_weights(w, shipped="page")
+        models.append((path, model_config(model)[0], model))
+    names = _row_names([p for p, *_ in models])
+    device, dtype = open_device(cfg.device, cfg.precision)
+    models = [(p, m, prepare_model(net, device).eval()) for p, m, net in models]
     emit("start", {"mode": "drawn", "images": len(pictures), "models": names, "device": str(device),
                    "dtype": str(dtype).replace("torch.", "")})
     labels = ["page"] + names

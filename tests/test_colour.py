@@ -86,3 +86,11 @@ def test_gamut_bins():
     assert bins.shape == (255, 2)
     assert (bins % 10 == 0).all()
     assert [0, 0] in bins.tolist()
+
+
+def test_l8_to_grey_is_the_grey_of_that_lightness():
+    grey = np.arange(256, dtype=np.uint8)[None]
+    l8 = colour.rgb_to_l(colour.grey_to_rgb(grey))
+    # sRGB grey -> L8 -> grey comes back within rounding; L8 is not the grey level itself.
+    assert np.abs(colour.l8_to_grey(l8).astype(int) - grey).max() <= 1
+    assert colour.l8_to_grey(np.array([[128]], np.uint8))[0, 0] < 122

@@ -510,6 +510,8 @@ def test_evaluate_drawn_scores_the_page_model_against_the_uncoloured_page(tmp_pa
     page, tinted = rows["page"], rows["tinted-page"]
     # The uncoloured page has no colour; the tinted model colours the paper everywhere.
     assert page["coloured"] == 0 and page["colourfulness_ratio"] < 0.05
+    # The page is drawn (ink on paper: the fills are gone), not the picture's own lightness.
+    assert page["l_error"] > 10
     assert tinted["coloured"] > 0.9
     # Ink is kept by both; the truth's white is white on the page, violet under the tint.
     assert page["ink_kept"] == 1.0 and tinted["ink_kept"] == 1.0

@@ -55,9 +55,9 @@ def test_flat_colour_puts_colour_on_paper_keeps_ink_and_balloons():
     assert out.shape == truth.shape and out.dtype == np.uint8
     # Colour reaches the paper: far closer to the truth than the uncoloured page.
     assert psnr(out, truth) > psnr(colour.grey_to_rgb(page), truth) + 10
-    # Ink is kept exactly.
+    # Ink is kept exactly: the page's own grey (the sRGB grey of its L, not its L8 value).
     ink = page < flats.KEEP_L8
-    assert np.array_equal(out[ink], colour.grey_to_rgb(page)[ink])
+    assert np.array_equal(out[ink], colour.grey_to_rgb(colour.l8_to_grey(page))[ink])
     # The balloon stays paper-white (no chroma) even where the layer under it is blue sky.
     sky = truth.copy()
     sky[:250] = (90, 150, 230)

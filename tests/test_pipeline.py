@@ -58,4 +58,4 @@ def test_page_tiles_and_colour_by_style():
     # own lightness and colour on the paper and keeps the ink.
     assert np.abs(lab_p[..., 0] - l8).max() <= 2
     assert 180 <= lab_d[10, 10, 0] <= 200 and lab_d[10, 10, 1] > 128 + 25
-    assert (drawn[100:104] == 20).all()
+    assert (drawn[100:104] == colour.l8_to_grey(l8[100:104])[..., None]).all()  # ink kept
