@@ -39,9 +39,10 @@ STYLE_SAMPLES = 250_000
 #: Below this L8 a pixel is ink and keeps its own value exactly; above PAPER_L8 it takes the
 #: full multiplied colour; in between (anti-aliased edges) the two blend linearly.
 KEEP_L8 = 64
-#: Paper regions (closed by ink) smaller than this share of the page get one flat colour, the
-#: layer's mean over the region: no colour crosses a line, as in a colourist's flats. Larger
-#: regions (the open background, panels with gaps in their borders) keep the smooth layer.
+#: Paper regions closed by ink get one flat colour, the layer's mean over the region: no colour
+#: crosses a line, as in a colourist's flats. A region touching the page's edge that is larger
+#: than this share of the page (the open background around figures, a borderless panel) keeps
+#: the smooth layer instead, averaged only over what lies inside it.
 FLAT_MAX_SHARE = 0.08
 #: A closed paper region holding at least this many glyph-sized ink marks, away from the page
 #: edge, is a speech balloon or caption: it stays paper-white, its lettering black.
@@ -111,9 +112,10 @@ def flat_colour(l8: np.ndarray, layer8: np.ndarray) -> np.ndarray:
 def colour_layer(l8: np.ndarray, layer8: np.ndarray) -> np.ndarray:
     """The flattened colour layer, uint8 RGB at the working resolution (<= WORK_PIXELS).
 
-    Closed paper regions smaller than FLAT_MAX_SHARE of the page take one flat
-    colour (their mean); larger ones take the layer averaged over the layer
-    cells that lie inside them (no colour from across a line); balloons are
+    Closed paper regions take one flat colour (their mean); the open
+    background (touching the page's edge, larger than FLAT_MAX_SHARE) takes
+    the layer averaged over the layer cells that lie inside it (no colour
+    from across a line); balloons are
     white; ink pixels take the colour of the nearest paper, so upsampling
     blends colours only inside lines, where the ink hides them.
     """
@@ -126,7 +128,9 @@ def colour_layer(l8: np.ndarray, layer8: np.ndarray) -> np.ndarray:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(paper, connectivity=4)
     if n > 1 and ink.any():
         area = stats[:, cv2.CC_STAT_AREA]
-        large = (area >= FLAT_MAX_SHARE * hw * ww) & (np.arange(n) > 0)  # label 0 is the ink
+        x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+        edge = (x == 0) | (y == 0) | (x + stats[:, cv2.CC_STAT_WIDTH] == ww) | (y + stats[:, cv2.CC_STAT_HEIGHT] == hw)
+        large = edge & (area >= FLAT_MAX_SHARE * hw * ww) & (np.arange(n) > 0)  # label 0 is the ink
         means = np.stack([np.bincount(labels.ravel(), weights=lab[..., c].ravel(), minlength=n)
                           for c in range(3)], 1) / np.maximum(area, 1)[:, None]
         white = _balloons(ink, labels, stats)
