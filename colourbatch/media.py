@@ -115,6 +115,10 @@ class ColourTags:
         return {"src_colorspace": cs, "dst_colorspace": cs, "src_color_range": rng, "dst_color_range": rng}
 
 
+#: What a frame with no description is taken for: a standard-definition film, limited range.
+SD_TAGS = ColourTags("bt601", False)
+
+
 def colour_tags(frame, codec_context=None) -> ColourTags:
     """The colour description of a decoded frame (the stream's where the frame says nothing).
 
@@ -164,7 +168,7 @@ class VideoInfo:
     streams: list[StreamInfo] = field(default_factory=list)  # audio and subtitle streams
     metadata: dict[str, str] = field(default_factory=dict)   # container tags (title, date...)
     video_tags: dict[str, str] = field(default_factory=dict)  # the video stream's tags (language, handler)
-    colour: ColourTags = ColourTags("bt601", False)  # the first frame's colour description (matrix, range)
+    colour: ColourTags = SD_TAGS  # the first frame's colour description (matrix, range...)
 
     @property
     def audio(self) -> list[StreamInfo]:

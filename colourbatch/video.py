@@ -313,7 +313,7 @@ class FrameStream(IterableDataset):
                  tile: int = colour.TILE, origin: float = 0.0, tags: media.ColourTags | None = None):
         self.path, self.batch, self.start, self.end, self.origin = path, batch, start, end, origin
         self.size, self.sample_at, self.tile = size, sample_at, tile
-        self.tags = tags or media.ColourTags("bt601", False)
+        self.tags = tags or media.SD_TAGS
 
     def __iter__(self):
         info = get_worker_info()
