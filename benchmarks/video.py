@@ -3,9 +3,9 @@
 Makes its own synthetic clips (moving gradients and shapes, greyscale) at
 360p/720p/1080p, then measures on this machine, in one run:
 
-* decode  - media.Decoder + colour.rgb_to_l + colour.l_tile (the DataLoader worker's work)
+* decode  - media.Decoder to the luma plane + colour.yuv_to_l + colour.l_tile (the DataLoader worker's work)
 * model   - pipeline.Colouriser.predict on batches of tiles (the main process's work)
-* encode  - colour.merge_l_ab + media.Encoder.write, libx264 (the writer thread's work)
+* encode  - colour.lab_to_chroma + media.Encoder.write_planes, libx264 (the writer thread's work)
 * pipeline - video.colour_video, all three overlapped
 
 and the ratio of the pipeline's frames/s to the best the overlap could give:
@@ -90,10 +90,11 @@ class Meter:
 
 def bench_decode(clip: Path) -> tuple[float, float]:
     from colourbatch import colour, media
+    tags = media.probe(clip).colour
     n = 0
     with Meter() as m:
-        for rgb, _ in media.Decoder(clip):
-            colour.l_tile(colour.rgb_to_l(rgb))
+        for pic, _ in media.Decoder(clip, tags=tags):
+            colour.l_tile(colour.yuv_to_l(pic.y, tags.full_range))
             n += 1
         return m.done(n)
 
@@ -114,20 +115,24 @@ def bench_model(engine, frames: int, batch: int) -> float:
 def bench_encode(clip: Path, engine, frames: int) -> float:
     from colourbatch import colour, media
     info = media.probe(clip)
+    tags = info.colour
     held = []
-    for rgb, pts in media.Decoder(clip):
-        held.append((colour.rgb_to_l(rgb), pts))
+    for pic, pts in media.Decoder(clip, tags=tags):
+        held.append(pic.y)
         if len(held) == 16:
             break
     import torch
-    ab = engine.predict(torch.from_numpy(np.stack([colour.l_tile(l) for l, _ in held]))[:, None])
+    tiles = np.stack([colour.l_tile(colour.yuv_to_l(y, tags.full_range)) for y in held])
+    ab = engine.predict(torch.from_numpy(tiles)[:, None])
     with tempfile.TemporaryDirectory() as d:
         enc = media.Encoder(Path(d) / "e.mp4", info, info.width, info.height, media.EncodeSettings())
         step = int(round(1 / (info.fps * info.time_base)))
         with Meter() as m:
             for i in range(frames):
-                l8, _ = held[i % len(held)]
-                enc.write(colour.merge_l_ab(l8, ab[i % len(held)]), i * step)
+                y = held[i % len(held)]
+                cb, cr = colour.lab_to_chroma(y, ab[i % len(held)], tags.matrix, tags.full_range,
+                                              enc.chroma_size)
+                enc.write_planes(y, cb, cr, i * step)
             enc.close()
             return m.done(frames)
 
@@ -198,12 +203,12 @@ def main() -> None:
             print(f"720p {secs:g} s ({r['frames']} frames): peak RSS main {r['main']:.0f} MiB, "
                   f"decode worker {r['worker']:.0f} MiB", flush=True)
 
-    print("\n| clip | decode+L (f/s) | model (f/s) | merge+encode (f/s) | pipeline (f/s) | best overlap (f/s) | pipeline / best |")
+    print("\n| clip | decode+L (f/s) | model (f/s) | chroma+encode (f/s) | pipeline (f/s) | best overlap (f/s) | pipeline / best |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, dec, mod, enc, pipe, best, ratio, *_ in rows:
         print(f"| {name} | {dec:.1f} | {mod:.1f} | {enc:.1f} | {pipe:.1f} | {best:.1f} | {ratio:.2f} |")
     print("\nCPU ms per frame (all threads and the decode worker; stable when the machine is shared):\n")
-    print("| clip | decode+L | model | merge+encode | sum of stages | pipeline | stages / pipeline |")
+    print("| clip | decode+L | model | chroma+encode | sum of stages | pipeline | stages / pipeline |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, *_, dec_c, mod_c, enc_c, pipe_c, eff in rows:
         print(f"| {name} | {dec_c:.0f} | {mod_c:.0f} | {enc_c:.0f} | {dec_c + mod_c + enc_c:.0f} | "

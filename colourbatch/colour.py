@@ -9,8 +9,14 @@ encoding the Kaggle "image-colorization" set uses:
 The model sees L as a float in [0, 1] (L8 / 255) and predicts a/b in LAB units
 centred on zero; the helpers below convert between the three forms, and
 `l_tile` is the one squeeze of a picture to the model's square tile.
+
+Films travel as Y'CbCr planes: `yuv_to_l` reads a luma plane as the grey it
+shows, `lab_to_chroma` turns L + predicted a/b into the Cb/Cr planes that go
+with an untouched luma plane, in the source's matrix (`YCBCR`) and range.
 """
 from __future__ import annotations
+
+import functools
 
 import cv2
 import numpy as np
@@ -25,6 +31,11 @@ AB_OFFSET = 128.0
 GREY_CHROMA = 6.0
 #: Share of pixels above GREY_CHROMA that makes a picture a colour picture.
 GREY_SHARE = 0.01
+#: Y'CbCr matrices by FFmpeg's name: (Kr, Kb), the luma weights of R' and B' (Kg = 1 - Kr - Kb).
+YCBCR = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593),
+         "smpte240m": (0.212, 0.087), "fcc": (0.30, 0.11)}
+#: Limited ("TV", MPEG) range: luma black and white, and the span of chroma around 128.
+Y_BLACK, Y_SPAN, C_SPAN = 16.0, 219.0, 224.0
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -131,6 +142,100 @@ def grey_lab(l8: np.ndarray) -> np.ndarray:
     lab = np.full(l8.shape[:2] + (3,), int(AB_OFFSET), np.uint8)
     lab[..., 0] = l8
     return lab
+
+
+@functools.lru_cache(maxsize=None)
+def _luma_to_grey(full_range: bool) -> np.ndarray:
+    """The 256-entry table luma code -> the grey R' = G' = B' (0..255) it shows."""
+    y = np.arange(256, dtype=np.float32)
+    grey = y if full_range else (y - Y_BLACK) * (255.0 / Y_SPAN)
+    return np.clip(np.round(grey), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _luma_to_l8(full_range: bool) -> np.ndarray:
+    """The 256-entry table luma code -> L8 of the grey it shows."""
+    return rgb_to_l(grey_to_rgb(_luma_to_grey(full_range)[None]))[0]
+
+
+def yuv_to_l(y: np.ndarray, full_range: bool) -> np.ndarray:
+    """uint8 luma plane (H, W) -> uint8 L8 plane (H, W).
+
+    A pixel with neutral chroma is the grey R' = G' = B' = Y' in every Y'CbCr
+    matrix, so the matrix plays no part: only the range does (limited range
+    maps 16..235 to 0..255, as FFmpeg's scaler does). A grey film therefore
+    gets the L tile the RGB path gave it, within a level of rounding.
+    """
+    return cv2.LUT(_c(y), _luma_to_l8(bool(full_range)))
+
+
+def _ycbcr_rows(matrix: str, full_range: bool) -> np.ndarray:
+    """(3, 4) float32: R'G'B' (0..255) -> (Y' as 0..255 grey, Cb code, Cr code), offsets included."""
+    kr, kb = YCBCR[matrix]
+    kg = 1 - kr - kb
+    span = (255.0 if full_range else C_SPAN) / 255.0
+    fb, fr = span / (2 * (1 - kb)), span / (2 * (1 - kr))
+    return np.array([[kr, kg, kb, 0.0],
+                     [-kr * fb, -kg * fb, (1 - kb) * fb, AB_OFFSET],
+                     [(1 - kr) * fr, -kg * fr, -kb * fr, AB_OFFSET]], np.float32)
+
+
+def lab_to_chroma(y: np.ndarray, ab8: np.ndarray, matrix: str, full_range: bool,
+                  size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The source's luma + 8-bit a/b (2, h', w') -> uint8 (Cb, Cr) planes of `size` (w, h).
+
+    `y` is averaged down to `size` (the chroma planes' size; None: y's own),
+    a/b are upsampled once (bilinear) to it; L comes from that luma (yuv_to_l);
+    LAB -> R'G'B' -> the chroma of `matrix` (a key of YCBCR) in its range. The
+    player adds that chroma to the source's own luma, untouched: so the colour
+    keeps the source's luma exactly (not the L of the LAB colour, which for a
+    saturated hue differs a little). Where luma + chroma would leave R'G'B'
+    (the player would clip a channel and shift the hue and the lightness) the
+    pixel's chroma is scaled down until it fits, the counterpart of
+    merge_l_ab's lightness guard.
+    """
+    if size is not None and (y.shape[1], y.shape[0]) != tuple(size):
+        y = cv2.resize(_c(y), tuple(size), interpolation=cv2.INTER_AREA)
+    h, w = y.shape
+    planes = [yuv_to_l(y, full_range)]
+    for plane in ab8:
+        if plane.shape != (h, w):
+            plane = cv2.resize(_c(plane), (w, h), interpolation=cv2.INTER_LINEAR)
+        planes.append(_c(plane))
+    rgb = lab_to_rgb(cv2.merge(planes))
+    rows = _ycbcr_rows(matrix, full_range)
+    # One 8-bit transform gives the chroma codes (rounded, saturated) and the colour's own luma.
+    luma, cb, cr = cv2.split(cv2.transform(rgb, rows))
+    _fit_gamut(cv2.LUT(_c(y), _luma_to_grey(bool(full_range))), luma, rgb, cb, cr, rows)
+    return cb, cr
+
+
+def _fit_gamut(grey: np.ndarray, luma: np.ndarray, rgb: np.ndarray, cb: np.ndarray, cr: np.ndarray,
+               rows: np.ndarray) -> None:
+    """Shrink (cb, cr) in place where the source's grey + the colour's differences from its own
+    luma (what the player shows) leaves 0..255 in any channel.
+
+    Found on 8-bit planes (cheap: most pixels fit), then the few that do not are
+    scaled in float by the largest factor that keeps every channel inside.
+    """
+    r, g, b = cv2.split(rgb)
+    off = cv2.subtract(grey, luma, dtype=cv2.CV_16S)  # what the player adds to each channel
+    high = cv2.add(cv2.max(cv2.max(r, g), b), off, dtype=cv2.CV_16S)
+    low = cv2.add(cv2.min(cv2.min(r, g), b), off, dtype=cv2.CV_16S)
+    idx = np.nonzero((high > 255) | (low < 0))
+    if not len(idx[0]):
+        return
+    sub = rgb[idx].astype(np.float32)
+    # (Row sums, not `@`: numpy's matmul on (N, 3) arrays is slow here.)
+    d = sub - (sub * rows[0, :3]).sum(axis=1, keepdims=True)  # R' - Y', G' - Y', B' - Y' of the colour
+    grey_f = grey[idx].astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(d > 0, (255.0 - grey_f) / d, np.where(d < 0, grey_f / -d, np.inf))
+    s = np.clip(room.min(axis=1), 0.0, 1.0)[:, None]
+    # Chroma is linear in the differences (the luma row gives none): scale and re-code them.
+    d *= s
+    for plane, row in ((cb, rows[1]), (cr, rows[2])):
+        plane[idx] = np.clip(np.round((d * row[:3]).sum(axis=1) + AB_OFFSET), 0, 255).astype(np.uint8)
 
 
 def l8_to_unit(l8):

@@ -1,10 +1,22 @@
 """PyAV decoding and encoding of films: the only module that opens containers.
 
 It owns probing an input (with a typed `MediaError` for every way a file can
-fail to be a video), decoding the video stream into RGB frames with their own
-timestamps, checking encoder settings, and writing the output's video stream
-with each frame's pts carried over, the container/stream metadata and the
-rotation flag. The other streams (audio, subtitles) are carry.py's: the Encoder
+fail to be a video), decoding the video stream into RGB frames or into luma
+planes (`Picture`) with their own timestamps, the source's colour description
+(`ColourTags`: matrix, range, primaries, transfer), checking encoder settings,
+and writing the output's video stream (RGB frames, or Y/Cb/Cr planes with the
+luma passed through bit for bit) with each frame's pts carried over, the
+colour tags, the container/stream metadata and the rotation flag.
+
+What the planes path takes natively (`NATIVE_LUMA`): every 8-bit format whose
+first plane is the luma (4:2:0, 4:2:2, 4:4:4, 4:4:0, 4:1:1, limited or full
+"yuvj" range, NV12/NV21/NV16, grey), since only the luma is kept and the
+chroma is computed anew. Anything else (10/12-bit, RGB, packed YUYV, palette
+GIFs) is converted by FFmpeg's scaler to 8-bit yuv420p first, in the matrix
+and range the output will be tagged with. PyAV 18 neither reads nor writes the
+chroma siting (chroma_location); the chroma is computed centre-sited from L
+averaged over each chroma sample's luma pixels, a half-pixel difference from
+MPEG's left siting in an a/b field the model predicts at 56x56. The other streams (audio, subtitles) are carry.py's: the Encoder
 drives a Carrier it is handed. Which files to colour and where the outputs go
 is video.py's planning.
 
@@ -43,6 +55,25 @@ AUDIO_LEAD = 0.5
 #: one-frame film, which is `colourbatch pages`' work.
 _PICTURE_DEMUXERS = ("image2",)
 _PICTURE_SUFFIX = "_pipe"
+#: 8-bit pixel formats whose first plane is the luma at full size: the planes path keeps it as it
+#: is (bit for bit); their chroma layout does not matter, as the chroma is computed anew.
+NATIVE_LUMA = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p",
+               "yuvj440p", "yuv411p", "yuv410p", "gray", "nv12", "nv21", "nv16")
+#: What every other decoded format becomes first (10-bit, RGB, packed, palette): 8-bit 4:2:0.
+CONVERT_TO = "yuv420p"
+#: Output formats the Encoder fills plane by plane (3 planes, 8 bits); others are converted from 4:4:4.
+PLANAR_OUT = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p",
+              "yuvj440p", "yuv411p", "yuv410p")
+#: FFmpeg's AVColorSpace codes -> colour.YCBCR's matrix names (those it can convert to).
+_MATRIX_OF = {1: "bt709", 4: "fcc", 5: "bt601", 6: "bt601", 7: "smpte240m", 9: "bt2020"}
+#: The AVColorSpace code written for a matrix (BT.601: SMPTE 170M, what FFmpeg tags NTSC/DV with).
+_CODE_OF = {"bt709": 1, "fcc": 4, "bt601": 6, "smpte240m": 7, "bt2020": 9}
+#: The scaler's colorspace for a matrix (libswscale's SWS_CS_* codes: 170M and 470BG are one).
+_SWS_OF = {"bt709": 1, "fcc": 4, "bt601": 5, "smpte240m": 7, "bt2020": 9}
+#: AVColorRange codes: limited (MPEG, "TV") and full (JPEG, "PC").
+RANGE_LIMITED, RANGE_FULL = 1, 2
+#: Frame height from which an untagged film is taken for BT.709 (HD), as players guess it.
+HD_HEIGHT = 720
 
 # None: FFmpeg logs nothing to stderr (decode warnings of a damaged film would flood the
 # terminal); the reasons travel in PyAV's exceptions and become MediaError's one line. A level
@@ -59,6 +90,56 @@ class SettingsError(ColourbatchError):
 
 
 # ---------------------------------------------------------------------------- probe
+@dataclass(frozen=True)
+class ColourTags:
+    """How a film's Y'CbCr codes mean colours: what the planes path computes in and the output is tagged with."""
+
+    matrix: str          # a key of colour.YCBCR: the source's matrix, or the guess for an untagged one
+    full_range: bool     # full ("JPEG", yuvj*, grey) or limited ("MPEG", 16..235) codes
+    primaries: int = 2   # AVColorPrimaries, copied as the source states them (2 = unspecified)
+    trc: int = 2         # AVColorTransferCharacteristic, copied likewise
+    native: bool = True  # the source's luma plane is used as it is (NATIVE_LUMA), not converted
+
+    @property
+    def colorspace(self) -> int:
+        """The AVColorSpace code to write."""
+        return _CODE_OF[self.matrix]
+
+    @property
+    def color_range(self) -> int:
+        return RANGE_FULL if self.full_range else RANGE_LIMITED
+
+    def sws(self) -> dict:
+        """FFmpeg scaler arguments (PyAV's reformat) that convert into (and from) these tags."""
+        rng, cs = self.color_range, _SWS_OF[self.matrix]
+        return {"src_colorspace": cs, "dst_colorspace": cs, "src_color_range": rng, "dst_color_range": rng}
+
+
+#: What a frame with no description is taken for: a standard-definition film, limited range.
+SD_TAGS = ColourTags("bt601", False)
+
+
+def colour_tags(frame, codec_context=None) -> ColourTags:
+    """The colour description of a decoded frame (the stream's where the frame says nothing).
+
+    The matrix is the frame's (else the stream's); an untagged or unknown one is
+    BT.709 from HD_HEIGHT lines up, BT.601 below, the guess players make. Full
+    range when tagged so, for yuvj* formats and for grey (FFmpeg's scaler reads
+    grey as full range). An RGB or palette source has no matrix of its own: it is
+    converted into the guessed one, limited range.
+    """
+    fmt = frame.format
+    cc = codec_context
+    code = frame.colorspace if frame.colorspace in _MATRIX_OF else getattr(cc, "colorspace", None)
+    matrix = _MATRIX_OF.get(code) or ("bt709" if frame.height >= HD_HEIGHT else "bt601")
+    rgb = fmt.is_rgb or fmt.has_palette
+    rng = frame.color_range or getattr(cc, "color_range", 0)
+    full = not rgb and (rng == RANGE_FULL or fmt.name.startswith("yuvj") or fmt.name == "gray")
+    prim = frame.color_primaries if frame.color_primaries not in (0, 2) else getattr(cc, "color_primaries", 2)
+    trc = frame.color_trc if frame.color_trc not in (0, 2) else getattr(cc, "color_trc", 2)
+    return ColourTags(matrix, full, int(prim or 2), int(trc or 2), fmt.name in NATIVE_LUMA)
+
+
 @dataclass
 class StreamInfo:
     index: int                 # stream index in the input container
@@ -87,6 +168,7 @@ class VideoInfo:
     streams: list[StreamInfo] = field(default_factory=list)  # audio and subtitle streams
     metadata: dict[str, str] = field(default_factory=dict)   # container tags (title, date...)
     video_tags: dict[str, str] = field(default_factory=dict)  # the video stream's tags (language, handler)
+    colour: ColourTags = SD_TAGS  # the first frame's colour description (matrix, range...)
 
     @property
     def audio(self) -> list[StreamInfo]:
@@ -183,7 +265,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return VideoInfo(str(path), c.format.name, vs.codec_context.name, first.width, first.height,
                          Fraction(tb), Fraction(fps), vs.frames or None, duration, start, exact, rotation, sar,
                          streams, {k: v for k, v in c.metadata.items() if k not in _OWN_KEYS},
-                         stream_tags(vs.metadata))
+                         stream_tags(vs.metadata), colour_tags(first, vs.codec_context))
 
 
 def _first_frame(c, vs, path, tries: int = 64):
@@ -206,9 +288,38 @@ def _first_frame(c, vs, path, tries: int = 64):
 
 
 # --------------------------------------------------------------------------- decode
+class Picture:
+    """One decoded frame on the planes path: its luma `y` (uint8 (H, W), in `tags`), and `rgb()`
+    on demand (grey detection samples a few frames). Hold it only until the next frame:
+    it keeps the decoded frame alive."""
+
+    __slots__ = ("y", "_frame", "_size")
+
+    def __init__(self, y: np.ndarray, frame, size: tuple[int, int]):
+        self.y, self._frame, self._size = y, frame, size
+
+    def rgb(self) -> np.ndarray:
+        """uint8 RGB (H, W, 3) of the frame, as the RGB path decodes it."""
+        return self._frame.to_ndarray(format="rgb24", width=self._size[0], height=self._size[1])
+
+
+def luma_plane(frame, tags: ColourTags, width: int, height: int) -> np.ndarray:
+    """The frame's uint8 luma plane (height, width): its own when NATIVE_LUMA and of that size,
+    else after FFmpeg's scaler turned it into 8-bit CONVERT_TO in `tags`' matrix and range."""
+    if frame.format.name not in NATIVE_LUMA or (frame.width, frame.height) != (width, height):
+        fmt = frame.format.name if frame.format.name in NATIVE_LUMA else CONVERT_TO
+        sws = tags.sws()
+        if frame.format.is_rgb or frame.format.has_palette:
+            sws.pop("src_colorspace"), sws.pop("src_color_range")  # RGB has neither
+        frame = frame.reformat(width=width, height=height, format=fmt, **sws)
+    p = frame.planes[0]
+    return np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width].copy()
+
+
 class Decoder:
     """Iterate (rgb uint8 (H, W, 3), pts) over the video stream in presentation order,
-    optionally a [start, end) part.
+    optionally a [start, end) part; with `tags` (the probe's ColourTags), (Picture, pts):
+    the luma plane, no RGB.
 
     Timestamps are the stream's own (in `time_base`). A decoder may hand frames
     out in an order whose timestamps go backwards (a phone's VFR clip: 0,
@@ -229,16 +340,17 @@ class Decoder:
     """
 
     def __init__(self, path: str | os.PathLike, start: float | None = None, end: float | None = None,
-                 size: tuple[int, int] | None = None, origin: float = 0.0):
+                 size: tuple[int, int] | None = None, origin: float = 0.0, tags: ColourTags | None = None):
         # start/end count from `origin`, the stream's first timestamp (MPEG-TS films rarely start at 0).
         self.path, self.start, self.end, self.size = str(path), start, end, size
+        self.tags = tags
         self.origin = origin
         self.error: str | None = None
         self.frames = 0      # frames yielded
         self.dropped = 0     # frames dropped: duplicate timestamps, or too late to reorder
         self.reached_end = False  # a frame at or past `end` was decoded: the part is whole
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
         with open_input(self.path) as c:
             vs = video_stream(c, self.path)
             # FRAME/AUTO threading: PyAV's default SLICE is single-threaded for H.264.
@@ -260,12 +372,15 @@ class Decoder:
                     if self.end is not None and t >= self.end - 1e-6:
                         self.reached_end = True
                         break  # frames leave sorted: every later one is past the end too
-                    # Scale to the first frame's size should the stream change resolution mid-way.
-                    rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
-                    if self.size is None:
-                        w, h = rgb.shape[1], rgb.shape[0]
+                    if w is None:
+                        w, h = frame.width, frame.height
+                    # Scaled to the first frame's size should the stream change resolution mid-way.
+                    if self.tags is not None:
+                        out = Picture(luma_plane(frame, self.tags, w, h), frame, (w, h))
+                    else:
+                        out = frame.to_ndarray(format="rgb24", width=w, height=h)
                     self.frames += 1
-                    yield rgb, pts
+                    yield out, pts
             except av.FFmpegError as exc:
                 self.error = ffmpeg_reason(exc)
 
@@ -415,12 +530,17 @@ def part_offset(start: float | None, origin: float, tb: Fraction) -> int:
 
 
 class Encoder:
-    """The output container: video frames in (RGB + pts), other streams from a `carried` Carrier.
+    """The output container: video frames in (RGB, or Y/Cb/Cr planes, + pts), other streams from
+    a `carried` Carrier.
 
-    Call `write(rgb, pts)` per frame in order, then `close()`; `abort()` on
-    failure closes what is open (the caller removes the file). `carried` (a
-    carry.Carrier, or None for a silent film) adds its streams once the video
-    stream exists and is pumped up to each frame's time.
+    Call `write(rgb, pts)` or `write_planes(y, cb, cr, pts)` per frame in order,
+    then `close()`; `abort()` on failure closes what is open (the caller removes
+    the file). `carried` (a carry.Carrier, or None for a silent film) adds its
+    streams once the video stream exists and is pumped up to each frame's time.
+    The stream is tagged with the input's ColourTags (matrix, range, primaries,
+    transfer), and RGB frames are converted in them, so both ways of writing
+    mean the same colours. `chroma_size` is the (w, h) `write_planes` wants
+    its Cb/Cr in: the output format's chroma planes.
     """
 
     def __init__(self, dst: str | os.PathLike, info: VideoInfo, width: int, height: int,
@@ -452,6 +572,12 @@ class Encoder:
         # Chroma-subsampled formats need even sizes: pad by repeating the edge pixel.
         self.pad_w = width % 2 if even_w else 0
         self.pad_h = height % 2 if even_h else 0
+        # Planes are filled in the output's own format where it is 8-bit planar Y'CbCr (the luma
+        # goes in bit for bit); any other (NV12, 10-bit, RGB) is converted from 4:4:4 by FFmpeg.
+        self.plane_fmt = self.pix_fmt if self.pix_fmt in PLANAR_OUT else "yuv444p"
+        self.size = (width + self.pad_w, height + self.pad_h)
+        chroma = av.VideoFrame(*self.size, self.plane_fmt).planes[1]
+        self.chroma_size = (chroma.width, chroma.height)
         vs = self.out.add_stream(s.codec, rate=info.fps)
         vs.width, vs.height = width + self.pad_w, height + self.pad_h
         vs.pix_fmt = self.pix_fmt
@@ -461,6 +587,10 @@ class Encoder:
         vs.codec_context.framerate = info.fps
         if info.sample_aspect:
             vs.codec_context.sample_aspect_ratio = info.sample_aspect
+        tags = info.colour
+        cc = vs.codec_context
+        cc.colorspace, cc.color_range = tags.colorspace, tags.color_range
+        cc.color_primaries, cc.color_trc = tags.primaries, tags.trc
         vs.options = encoder_options(s)
         # PyAV's default thread_type is SLICE, which runs x264 on one slice thread
         # (measured 2.4x slower here); FRAME threading keeps every core busy.
@@ -475,9 +605,29 @@ class Encoder:
         self.out.metadata.update(info.metadata)
 
     def write(self, rgb: np.ndarray, pts: int) -> None:
+        """One uint8 RGB frame (H, W, 3), converted in the input's matrix and range."""
         if self.pad_w or self.pad_h:
             rgb = np.pad(rgb, ((0, self.pad_h), (0, self.pad_w), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        sws = self.info.colour.sws()
+        frame = frame.reformat(format=self.pix_fmt, dst_colorspace=sws["dst_colorspace"],
+                               dst_color_range=sws["dst_color_range"])
+        self._send(frame, pts)
+
+    def write_planes(self, y: np.ndarray, cb: np.ndarray, cr: np.ndarray, pts: int) -> None:
+        """One frame as planes: uint8 luma (H, W), goes in as it is; Cb, Cr at `chroma_size`."""
+        if self.pad_w or self.pad_h:
+            y = np.pad(y, ((0, self.pad_h), (0, self.pad_w)), mode="edge")
+        frame = av.VideoFrame(*self.size, self.plane_fmt)
+        for plane, data in zip(frame.planes, (y, cb, cr)):
+            np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width] = data
+        tags = self.info.colour
+        frame.colorspace, frame.color_range = tags.colorspace, tags.color_range
+        if self.plane_fmt != self.pix_fmt:
+            frame = frame.reformat(format=self.pix_fmt, **tags.sws())
+        self._send(frame, pts)
+
+    def _send(self, frame, pts: int) -> None:
         frame.pts = pts - part_offset(self.start, self.info.start_time, self.info.time_base)
         frame.time_base = self.info.time_base
         self._encode(frame)

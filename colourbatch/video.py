@@ -1,4 +1,4 @@
-"""Colour films: plan the run, then decode -> L tiles -> model -> merge with full-res L -> encode.
+"""Colour films: plan the run, then decode luma -> L tiles -> model -> chroma beside the source's luma -> encode.
 
 This module owns the video command's library side (its settings, `VideoConfig`
 with the encoder and time defaults, live in config.py): planning
@@ -8,9 +8,10 @@ refusal, all before a model is loaded), running a plan with one loaded model
 overlapping stages of `colour_job`:
 
 1. a DataLoader worker iterates `FrameStream` (an IterableDataset over the
-   decoded stream): decode, RGB -> L8 (colour.rgb_to_l), L8 -> 224 tile
+   decoded stream): decode to the luma plane (media.Decoder with the film's
+   ColourTags: no RGB, no LAB), luma -> L8 (colour.yuv_to_l), L8 -> 224 tile
    (colour.l_tile), grey detection on a few sampled frames; it yields batches of
-   (full-res L planes, tiles, pts). One worker decodes: a film is one stream,
+   (full-res luma planes, tiles, pts). One worker decodes: a film is one stream,
    and splitting it by time between workers would need keyframe-exact segment
    bounds to avoid decoding frames twice, so `workers` is capped at 1 (0 =
    decode in the main process, for debugging);
@@ -19,9 +20,13 @@ overlapping stages of `colour_job`:
    a/b still along the motion between consecutive L tiles, carrying its state
    (the previous tile and a/b) from batch to batch in display order, and counts
    the scene cuts where it starts afresh;
-3. a writer thread merges a/b with each frame's own L (colour.merge_l_ab) and
-   encodes/muxes it (media.Encoder, with carry.Carrier bringing the audio and
-   subtitles along), fed through a bounded queue.
+3. a writer thread turns a/b into chroma at the output's chroma-plane size
+   (colour.lab_to_chroma, with L from the luma averaged down to that size, in
+   the source's matrix and range) and hands the source's luma plane, untouched,
+   with that chroma to the encoder (media.Encoder.write_planes, with
+   carry.Carrier bringing the audio and subtitles along), fed through a bounded
+   queue. With a lossless codec the output's luma is the input's, bit for bit.
+   --compare writes the luma twice, neutral chroma on the left.
 
 Every hand-off is bounded (DataLoader prefetch, the writer queue), so memory is
 flat in the film's length. The output is written through files.atomic_output:
@@ -296,7 +301,7 @@ def _check_film(src: Path, dst: Path, cfg: VideoConfig) -> media.VideoInfo:
 
 # ------------------------------------------------------------- stage 1: decode
 class FrameStream(IterableDataset):
-    """Batches of decoded frames as uint8 tensors: {"l": (B,H,W), "tiles": (B,1,S,S), "pts": (B,)}.
+    """Batches of decoded frames as uint8 tensors: {"y": (B,H,W) luma, "tiles": (B,1,S,S) L, "pts": (B,)}.
 
     The last item is {"end": True, "decoded": n, "error": "..."}: decode errors
     (a truncated file) travel as data, so the main process still encodes what
@@ -305,24 +310,24 @@ class FrameStream(IterableDataset):
 
     def __init__(self, path: str, batch: int, start: float | None = None, end: float | None = None,
                  size: tuple[int, int] | None = None, sample_at: frozenset[int] = frozenset(),
-                 tile: int = colour.TILE, origin: float = 0.0):
+                 tile: int = colour.TILE, origin: float = 0.0, tags: media.ColourTags | None = None):
         self.path, self.batch, self.start, self.end, self.origin = path, batch, start, end, origin
         self.size, self.sample_at, self.tile = size, sample_at, tile
+        self.tags = tags or media.SD_TAGS
 
     def __iter__(self):
         info = get_worker_info()
         if info is not None and info.id > 0:
             return  # one decoder per film; extra workers would duplicate frames
-        dec = media.Decoder(self.path, self.start, self.end, self.size, self.origin)
+        dec = media.Decoder(self.path, self.start, self.end, self.size, self.origin, self.tags)
         ls, tiles, pts, grey = [], [], [], []
         index = 0
-        for rgb, p in dec:
-            l8 = colour.rgb_to_l(rgb)
-            ls.append(l8)
-            tiles.append(colour.l_tile(l8, self.tile))
+        for pic, p in dec:
+            ls.append(pic.y)
+            tiles.append(colour.l_tile(colour.yuv_to_l(pic.y, self.tags.full_range), self.tile))
             pts.append(p)
             if index in self.sample_at:
-                grey.append(colour.is_greyscale(rgb))
+                grey.append(colour.is_greyscale(pic.rgb()))
             index += 1
             if len(ls) == self.batch:
                 yield _batch(ls, tiles, pts, grey)
@@ -336,7 +341,7 @@ class FrameStream(IterableDataset):
 
 
 def _batch(ls, tiles, pts, grey) -> dict:
-    return {"l": torch.from_numpy(np.stack(ls)) if ls else torch.empty(0, dtype=torch.uint8),
+    return {"y": torch.from_numpy(np.stack(ls)) if ls else torch.empty(0, dtype=torch.uint8),
             "tiles": torch.from_numpy(np.stack(tiles))[:, None] if tiles else torch.empty(0, dtype=torch.uint8),
             "pts": torch.tensor(pts, dtype=torch.int64),
             "grey": torch.tensor(grey, dtype=torch.bool)}
@@ -353,7 +358,8 @@ def sample_indices(estimate: int | None, k: int) -> frozenset[int]:
 
 # ------------------------------------------------------------- stage 3: write
 class _Writer(threading.Thread):
-    """Merges a/b with L and encodes, off the main thread (cv2 and the encoders release the GIL)."""
+    """Turns a/b into chroma beside each frame's luma and encodes, off the main thread (cv2 and
+    the encoders release the GIL)."""
 
     def __init__(self, enc: media.Encoder, compare: bool, depth: int,
                  on_frames: Callable[[int], None]):
@@ -371,20 +377,28 @@ class _Writer(threading.Thread):
                 item = self.q.get()
                 if item is None or self.stop.is_set():
                     return
-                l, ab, pts = item
-                for i in range(len(l)):
-                    rgb = colour.merge_l_ab(l[i], ab[i])
-                    if self.compare:
-                        rgb = np.hstack([colour.grey_to_rgb(l[i]), rgb])
-                    self.enc.write(rgb, int(pts[i]))
+                ys, ab, pts = item
+                for i in range(len(ys)):
+                    self.enc.write_planes(*self.planes(ys[i], ab[i]), int(pts[i]))
                     if self.first_pts is None:
                         self.first_pts = int(pts[i])
                     self.last_pts = int(pts[i])
                     if self.stop.is_set():
                         return
-                self.on_frames(len(l))
+                self.on_frames(len(ys))
         except BaseException as exc:  # handed to the main thread, which raises it
             self.error = exc
+
+    def planes(self, y: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(luma, Cb, Cr) of one output frame: the source's luma, chroma from `ab` at the chroma size."""
+        tags, (cw, ch) = self.enc.info.colour, self.enc.chroma_size
+        # With --compare the left half is the grey source (neutral chroma) and the right the colour.
+        grey_w = cw // 2 if self.compare else 0
+        cb, cr = colour.lab_to_chroma(y, ab, tags.matrix, tags.full_range, (cw - grey_w, ch))
+        if self.compare:
+            neutral = np.full((ch, grey_w), int(colour.AB_OFFSET), np.uint8)
+            y, cb, cr = np.hstack([y, y]), np.hstack([neutral, cb]), np.hstack([neutral, cr])
+        return y, cb, cr
 
     def put(self, item) -> None:
         # Never block forever on a writer that died: re-check it every 0.2 s.
@@ -469,8 +483,9 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
         try:
             workers = min(run.workers, 1)
             stream = FrameStream(info.path, run.batch_size, start, end, (info.width, info.height),
-                                 sample_indices(estimate, vcfg.grey_samples), origin=info.start_time)
-            # Two decoded batches ahead: enough to overlap, and full-resolution L planes are big.
+                                 sample_indices(estimate, vcfg.grey_samples), origin=info.start_time,
+                                 tags=info.colour)
+            # Two decoded batches ahead: enough to overlap, and full-resolution luma planes are big.
             loader = make_loader(stream, batch_size=None, workers=workers, prefetch=2)
             # Fork the decode worker first, before this process holds an open output or a thread.
             it = iter(loader)
@@ -485,13 +500,13 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
                         end_item = item
                         break
                     greys.extend(bool(g) for g in item["grey"])
-                    if not len(item["l"]):
+                    if not len(item["y"]):
                         continue
                     tiles = item["tiles"]
                     if colouriser.pin:
-                        tiles = tiles.pin_memory()  # only the small tiles: the full-res L stays on the host
+                        tiles = tiles.pin_memory()  # only the small tiles: the full-res luma stays on the host
                     ab = stabiliser(item["tiles"][:, 0].numpy(), colouriser.predict(tiles))
-                    writer.put((item["l"].numpy(), ab, item["pts"].numpy()))
+                    writer.put((item["y"].numpy(), ab, item["pts"].numpy()))
             finally:
                 it = None  # shuts the decode worker down, also on Ctrl-C
             writer.put(None)

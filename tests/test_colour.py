@@ -1,6 +1,7 @@
-"""colour.py: the LAB encoding the Kaggle set uses, and merging a/b with L."""
+"""colour.py: the LAB encoding the Kaggle set uses, merging a/b with L, and luma/chroma planes."""
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from colourbatch import colour
@@ -94,3 +95,72 @@ def test_l8_to_grey_is_the_grey_of_that_lightness():
     # sRGB grey -> L8 -> grey comes back within rounding; L8 is not the grey level itself.
     assert np.abs(colour.l8_to_grey(l8).astype(int) - grey).max() <= 1
     assert colour.l8_to_grey(np.array([[128]], np.uint8))[0, 0] < 122
+
+
+# ------------------------------------------------------------- Y'CbCr planes
+_AV_MATRIX = {"bt601": 5, "bt709": 1, "bt2020": 9}  # FFmpeg's AVColorSpace codes
+
+
+def _decode(y, cb, cr, matrix, full_range):
+    """R'G'B' as FFmpeg's scaler (PyAV) shows planes tagged `matrix`/range: an independent decoder."""
+    import av
+
+    f = av.VideoFrame(y.shape[1], y.shape[0], "yuv444p")
+    for plane, data in zip(f.planes, (y, cb, cr)):
+        np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width] = data
+    f.colorspace, f.color_range = _AV_MATRIX[matrix], 2 if full_range else 1
+    return f.to_ndarray(format="rgb24")
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+def test_luma_reads_as_the_grey_it_shows_and_gives_the_rgb_paths_tile(full_range):
+    y = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+    neutral = np.full_like(y, 128)
+    shown = _decode(y, neutral, neutral, "bt601", full_range)
+    assert np.abs(colour.yuv_to_l(y, full_range).astype(int) - colour.rgb_to_l(shown)).max() <= 1
+    # a grey film's tile: from its luma as from the RGB the decoder made of it
+    rng = np.random.default_rng(3)
+    y = cv2.GaussianBlur(rng.integers(0, 256, (180, 320)).astype(np.uint8), (0, 0), 3)
+    shown = _decode(y, np.full_like(y, 128), np.full_like(y, 128), "bt709", full_range)
+    tile_yuv = colour.l_tile(colour.yuv_to_l(y, full_range)).astype(int)
+    tile_rgb = colour.l_tile(colour.rgb_to_l(shown)).astype(int)
+    assert np.abs(tile_yuv - tile_rgb).max() <= 1
+
+
+@pytest.mark.parametrize("matrix", ["bt601", "bt709", "bt2020"])
+@pytest.mark.parametrize("full_range", [False, True])
+def test_chroma_carries_the_predicted_colour_beside_the_source_luma(matrix, full_range):
+    rng = np.random.default_rng(0)
+    y = rng.integers(60, 190, (48, 64)).astype(np.uint8)
+    ab = np.stack([np.full((7, 7), 128 + 20, np.uint8), np.full((7, 7), 128 - 25, np.uint8)])
+    cb, cr = colour.lab_to_chroma(y, ab, matrix, full_range)
+    assert cb.shape == cr.shape == (48, 64) and cb.dtype == np.uint8
+    lab = colour.rgb_to_lab(_decode(y, cb, cr, matrix, full_range)).astype(float)
+    assert abs(lab[..., 1].mean() - 148) < 1 and abs(lab[..., 2].mean() - 103) < 1
+    # the wrong matrix shows another colour: the matrix matters, and is honoured
+    other = "bt601" if matrix != "bt601" else "bt709"
+    lab = colour.rgb_to_lab(_decode(y, cb, cr, other, full_range)).astype(float)
+    assert abs(lab[..., 1].mean() - 148) + abs(lab[..., 2].mean() - 103) > 2
+
+
+def test_chroma_is_computed_at_the_size_asked_from_averaged_luma():
+    y = np.zeros((48, 64), np.uint8)
+    y[:, 32:] = 200
+    ab = np.full((2, 7, 7), 128, np.uint8)
+    ab[0] += 30
+    cb, cr = colour.lab_to_chroma(y, ab, "bt709", False, size=(32, 24))
+    assert cb.shape == cr.shape == (24, 32)
+    assert int(cr[:, 20:].mean()) > 128 + 5  # red-ish a on the bright half
+
+
+@pytest.mark.parametrize("level,a,b", [(250, 200, 40), (12, 200, 200)])
+def test_chroma_that_would_leave_the_gamut_is_shrunk_so_the_luma_holds(level, a, b):
+    # A saturated purple on near-white (a red on near-black) luma: luma + chroma would clip a
+    # channel, which shifts the lightness the source's luma fixes.
+    y = np.full((16, 16), level, np.uint8)
+    ab = np.stack([np.full((4, 4), a, np.uint8), np.full((4, 4), b, np.uint8)])
+    cb, cr = colour.lab_to_chroma(y, ab, "bt709", True)
+    rgb = _decode(y, cb, cr, "bt709", True).astype(float)
+    shown = rgb @ np.array([0.2126, 0.7152, 0.0722])
+    assert np.abs(shown - level).max() <= 2
+    assert np.abs(cr.astype(int) - 128).max() > 0  # some colour is left where there is room

@@ -207,3 +207,111 @@ def test_decoder_sorts_before_trimming_a_part(tmp_path):
     clip = _mux_out_of_order(tmp_path / "part.mkv", src)
     pts = [p for _, p in media.Decoder(clip, start=0.05, end=0.15)]
     assert pts == [67, 101, 134]
+
+
+# ------------------------------------------------------------- luma planes
+def luma(frame) -> np.ndarray:
+    """A decoded frame's first plane (its luma codes, or 16-bit codes for 10-bit) as stored."""
+    p = frame.planes[0]
+    dtype = np.uint16 if frame.format.components[0].bits > 8 else np.uint8
+    return np.frombuffer(p, dtype).reshape(p.height, -1)[:, :p.width].copy()
+
+
+def _yuv_clip(path, pix_fmt, colorspace=2, color_range=0, size=(96, 64), frames=4):
+    """An FFV1 .mkv written plane by plane in `pix_fmt`, tagged with `colorspace`/`color_range`:
+    textured luma over the whole code range, and chroma of its own (a colour source)."""
+    w, h = size
+    out = av.open(str(path), "w")
+    vs = out.add_stream("ffv1", rate=25)
+    vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+    vs.codec_context.colorspace, vs.codec_context.color_range = colorspace, color_range
+    rng = np.random.default_rng(7)
+    for i in range(frames):
+        f = av.VideoFrame(w, h, pix_fmt)
+        for k, plane in enumerate(f.planes):
+            dtype = np.uint16 if f.format.components[0].bits > 8 else np.uint8
+            top = 1023 if dtype == np.uint16 else 255
+            codes = rng.integers(0, top + 1, (plane.height, plane.width)) if k == 0 else \
+                np.full((plane.height, plane.width), (top + 1) // 2 + 20 * (k * 2 - 3) * (top // 255))
+            np.frombuffer(plane, dtype).reshape(plane.height, -1)[:, :plane.width] = codes
+        f.pts, f.colorspace, f.color_range = i, colorspace, color_range
+        out.mux(vs.encode(f))
+    out.mux(vs.encode())
+    out.close()
+    return path
+
+
+def _rgb_clip(path, frames=2, size=(64, 48)):
+    """A PNG-in-QuickTime film stored as RGB: a source with no Y'CbCr matrix of its own."""
+    w, h = size
+    out = av.open(str(path), "w")
+    vs = out.add_stream("png", rate=25)
+    vs.width, vs.height, vs.pix_fmt = w, h, "rgb24"
+    rng = np.random.default_rng(5)
+    rgbs = [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for _ in range(frames)]
+    for i, rgb in enumerate(rgbs):
+        f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        f.pts = i
+        out.mux(vs.encode(f))
+    out.mux(vs.encode())
+    out.close()
+    return path, rgbs
+
+
+@pytest.mark.parametrize("pix_fmt,colorspace,color_range,size,tags", [
+    ("yuv420p", 2, 0, (96, 64), ("bt601", False, True)),     # untagged SD: BT.601, limited
+    ("yuv420p", 2, 0, (1280, 720), ("bt709", False, True)),  # untagged HD: BT.709
+    ("yuv422p", 1, 2, (96, 64), ("bt709", True, True)),      # tagged: as tagged
+    ("gray", 2, 0, (96, 64), ("bt601", True, True)),         # grey: full range
+    ("yuv420p10le", 9, 1, (96, 64), ("bt2020", False, False)),  # 10-bit: converted
+])
+def test_probe_reads_the_colour_description(tmp_path, pix_fmt, colorspace, color_range, size, tags):
+    clip = _yuv_clip(tmp_path / "c.mkv", pix_fmt, colorspace, color_range, size=size, frames=1)
+    t = media.probe(clip).colour
+    assert (t.matrix, t.full_range, t.native) == tags
+
+
+def test_decoder_yields_the_luma_plane_as_stored_and_rgb_on_demand(tmp_path):
+    clip = _yuv_clip(tmp_path / "c.mkv", "yuv420p", 1, 1, frames=3)
+    info = media.probe(clip)
+    got = list(media.Decoder(clip, tags=info.colour))
+    with av.open(str(clip)) as c:
+        stored = [luma(f) for f in c.decode(video=0)]
+    assert [p for _, p in got] == [0, 40, 80]  # Matroska counts milliseconds
+    assert all(np.array_equal(pic.y, y) for (pic, _), y in zip(got, stored))
+    assert got[0][0].rgb().shape == (64, 96, 3)
+
+
+def test_an_rgb_source_is_converted_in_the_matrix_the_output_is_tagged_with(tmp_path):
+    clip, rgbs = _rgb_clip(tmp_path / "rgb.mov")
+    info = media.probe(clip)
+    assert (info.colour.matrix, info.colour.full_range, info.colour.native) == ("bt601", False, False)
+    pic, _ = next(iter(media.Decoder(clip, tags=info.colour)))
+    expect = 16 + rgbs[0].astype(float) @ np.array([0.299, 0.587, 0.114]) * 219 / 255
+    assert np.abs(pic.y - expect).max() <= 1.5
+
+
+@pytest.mark.parametrize("pix_fmt,size,chroma", [
+    ("yuv420p", (65, 47), (33, 24)),      # padded to 66x48, chroma half of that
+    ("yuv422p", (64, 48), (32, 48)),
+    ("yuv444p", (65, 47), (65, 47)),
+    ("yuv420p10le", (64, 48), (64, 48)),  # not 8-bit planar: filled as 4:4:4, converted by FFmpeg
+])
+def test_encoder_takes_planes_at_its_chroma_size_and_keeps_the_luma(tmp_path, pix_fmt, size, chroma):
+    clip = _yuv_clip(tmp_path / "c.mkv", "yuv444p", 1, 1, size=size, frames=2)
+    info = media.probe(clip)
+    dst = tmp_path / "out.mkv"
+    enc = media.Encoder(dst, info, *size, media.EncodeSettings(codec="ffv1", pix_fmt=pix_fmt))
+    assert enc.chroma_size == chroma
+    ys = []
+    for pic, pts in media.Decoder(clip, tags=info.colour):
+        ys.append(pic.y)
+        cw, ch = enc.chroma_size
+        enc.write_planes(pic.y, np.full((ch, cw), 100, np.uint8), np.full((ch, cw), 150, np.uint8), pts)
+    enc.close()
+    with av.open(str(dst)) as c:
+        frames = list(c.decode(video=0))
+    scale = 4 if pix_fmt == "yuv420p10le" else 1  # 8-bit codes in 10 bits: x4
+    for f, y in zip(frames, ys):
+        assert np.array_equal(luma(f)[:size[1], :size[0]], y.astype(np.uint16) * scale)
+    assert (frames[0].colorspace, frames[0].color_range) == (1, 1)
