@@ -254,10 +254,12 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
     if cfg.sheet and Path(cfg.sheet).is_dir():
         raise EvalError(f"{cfg.sheet}: is a folder; give the contact sheet a file name")
     if cfg.video or cfg.source:
-        if not (cfg.video and cfg.source):
-            raise EvalError("--video and --source go together")
-        if cfg.data or cfg.weights or cfg.pred or cfg.truth:
+        if not cfg.video:
+            raise EvalError("--source needs --video (the coloured film to score against it)")
+        if cfg.data or cfg.pred or cfg.truth or (cfg.source and cfg.weights):
             raise EvalError("--video/--source compare two films; they take no --data, --weights, --pred or --truth")
+        if not cfg.source:
+            return evaluate_colour_film(cfg, emit)
         score = evaluate_video(cfg.video, cfg.source, cfg.max_frames)
         return {"mode": "video", "video": str(cfg.video), "source": str(cfg.source), "split": None,
                 "rows": [{"name": Path(cfg.video).name, "weights": None, "model": None, **asdict(score)}],
@@ -661,6 +663,39 @@ class VideoScore:
     colourfulness: float             # mean Hasler & Suesstrunk M of the output's frames
     colourfulness_ratio: float | None  # ... divided by the source's (None: a grey source)
     psnr_ab: float | None            # PSNR of the output's 8-bit a/b against the source's (None: grey)
+
+
+def evaluate_colour_film(cfg: EvalConfig, emit=None) -> dict[str, Any]:
+    """`--video FILM` alone: FILM is in colour; colour its lightness as `colourbatch video`
+    does (each weights file, default the shipped; the film's first `cfg.max_frames` frames
+    when given), losslessly (ffv1) into a temporary folder, and score each against FILM,
+    whose own warp error is the floor. Nothing is left on disk."""
+    import tempfile
+
+    from .config import RunConfig, VideoConfig
+    from .video import colour_films  # a sibling command: video never imports evaluate
+
+    emit = emit or (lambda kind, info: None)
+    info = media.probe(cfg.video)  # MediaError (exit 1) for a film that does not decode
+    # A frame more than asked: the last one's duration is the next one's start.
+    duration = None if cfg.max_frames is None else float((cfg.max_frames + 1) / info.fps)
+    rows = []
+    for weights in cfg.weights or (None,):
+        run = RunConfig(weights=weights, device=cfg.device, precision=cfg.precision,
+                        batch_size=cfg.batch_size, workers=max(cfg.workers, 1))
+        with tempfile.TemporaryDirectory(prefix=".colourbatch-evaluate-") as tmp:
+            out = Path(tmp) / "film.mkv"
+            report = colour_films([cfg.video], out, VideoConfig(codec="ffv1", duration=duration), run)
+            trouble = report.refused + report.failed
+            if trouble or not out.exists():
+                why = trouble[0][1] if trouble else "nothing was written"
+                raise EvalError(f"{cfg.video}: could not be coloured ({why})")
+            score = evaluate_video(out, cfg.video, cfg.max_frames)
+        name = "default" if weights is None else _row_names([Path(weights)])[0]
+        rows.append({"name": name, "weights": weights, "model": None, **asdict(score)})
+        emit("row", rows[-1])
+    return {"mode": "video", "video": str(cfg.video), "source": str(cfg.video), "split": None,
+            "rows": rows, "notes": [], "sheet": None}
 
 
 def evaluate_video(coloured: str | os.PathLike, source: str | os.PathLike,

@@ -386,6 +386,27 @@ def test_evaluate_video_scores_flicker_against_the_source(tmp_path):
     assert grey.warp_error == pytest.approx(same.warp_error, rel=0.2)
 
 
+def test_evaluate_colours_a_colour_film_itself_and_scores_it(tmp_path, tinted_weights):
+    from click.testing import CliRunner
+    import json
+
+    from colourbatch.cli import cli
+    src = _film(tmp_path / "src.mkv", 12)
+    out = CliRunner().invoke(cli, ["evaluate", "--video", str(src), "--weights", str(tinted_weights),
+                                   "--max-frames", "8", "--json", "--quiet", "--precision", "fp32"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    (row,) = res["rows"]
+    assert res["mode"] == "video" and row["name"] == "tinted" and row["frames"] == 8
+    # The source is in colour: its own warp error is the floor; the tinted model's constant
+    # colour holds perfectly still but is not the source's colour.
+    assert row["source_warp_error"] is not None and row["warp_error"] < row["source_warp_error"] + 0.5
+    assert row["psnr_ab"] < 40
+    assert not list(tmp_path.glob("*colour*")) and sorted(p.name for p in tmp_path.iterdir()) == ["src.mkv"]
+    bad = CliRunner().invoke(cli, ["evaluate", "--source", str(src)])
+    assert bad.exit_code == 2 and "--source needs --video" in bad.output
+
+
 # ------------------------------------------------ held-out sources, decodings
 @pytest.fixture
 def sourced(tmp_path):
