@@ -1,9 +1,9 @@
 """Measure a page model on the held-out drawings, as a page would be coloured.
 
-    python weights/page_eval.py [WEIGHTS] [SHEET.png] [T]
+    python weights/page_eval.py [WEIGHTS] [SHEET.png] [T ...]
 
 For every picture of the held-out categories (weights/recipe.py PAGE_HOLDOUT,
-never trained on): draw it (lineart.draw_page, plain style: what evaluation
+never trained on), at up to EVAL_SIDE px: draw it (lineart.draw_page, plain style: what evaluation
 uses), give the model the drawn page squeezed to its tile, upsample the flat
 colour layer it predicts to the picture's size and multiply it under the ink
 (RGB multiply: out = layer * page / 255; the pages pipeline's own compositing,
@@ -11,8 +11,8 @@ colourbatch/flats.py, is scored by `colourbatch evaluate`). Prints JSON, means
 over pictures: PSNR RGB of that composite and of the uncoloured drawn page
 against the colour picture, the colourfulness ratio, and the share of non-ink
 pixels (input L8 >= 128) with chroma above 10. SHEET gets a contact sheet of
-the first pictures: drawn input | composite | truth. T: the decoding
-temperature (default: the weights' own).
+the first pictures: drawn input | composite | truth. T: decoding temperatures
+to score, a row each (default: the weights' own; the sheet shows the first).
 """
 import json
 import sys
@@ -33,6 +33,9 @@ from recipe import DRAWN, PAGE_HOLDOUT  # noqa: E402
 
 INK_L8 = 128  # input L8 below which a pixel is ink
 SHEET_ROWS = 12
+#: Pictures are scored at up to this long side (a quarter of the pixels of the 1024-px files:
+#: the layer is a 56x56 prediction either way, and PSNR is a per-pixel mean).
+EVAL_SIDE = 512
 
 
 def composite(model, page: np.ndarray, temperature: float | None = None) -> np.ndarray:
@@ -48,35 +51,37 @@ def composite(model, page: np.ndarray, temperature: float | None = None) -> np.n
 
 def main() -> None:
     weights = sys.argv[1] if len(sys.argv) > 1 else "weights/page.pt"
-    torch.set_num_threads(2)
+    temps = [float(t) for t in sys.argv[3:]] or [None]
+    torch.set_num_threads(1)
     model, _ = checkpoint.load(weights)
-    sums = {k: 0.0 for k in ("psnr_rgb", "psnr_drawn", "colourfulness", "colourfulness_true")}
-    coloured = paper_total = 0
-    t = float(sys.argv[3]) if len(sys.argv) > 3 else None
+    keys = ("psnr_rgb", "psnr_drawn", "colourfulness", "colourfulness_true", "coloured", "paper")
+    sums = {t: dict.fromkeys(keys, 0.0) for t in temps}
     rows, n = [], 0
     for cat in PAGE_HOLDOUT:
         for path in list_images(DRAWN / cat):
-            truth = read_colour_image(path)
+            truth = read_colour_image(path, max_side=EVAL_SIDE)
             page = draw_page(truth)
-            out = composite(model, page, t)
             drawn = colour.grey_to_rgb(page)
-            sums["psnr_rgb"] += psnr(out, truth)
-            sums["psnr_drawn"] += psnr(drawn, truth)
-            sums["colourfulness"] += colourfulness(out)
-            sums["colourfulness_true"] += colourfulness(truth)
-            lab = colour.rgb_to_lab(out).astype(np.int16)
             ink = page < INK_L8
-            chroma = np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
-            coloured += int((chroma[~ink] > 10).sum())
-            paper_total += int((~ink).sum())
-            if len(rows) < SHEET_ROWS:
-                rows.append([drawn, out, truth])
+            base = {"psnr_drawn": psnr(drawn, truth), "colourfulness_true": colourfulness(truth),
+                    "paper": float((~ink).sum())}
+            for t in temps:
+                out = composite(model, page, t)
+                lab = colour.rgb_to_lab(out).astype(np.int16)
+                chroma = np.hypot(lab[..., 1] - 128, lab[..., 2] - 128)
+                one = dict(base, psnr_rgb=psnr(out, truth), colourfulness=colourfulness(out),
+                           coloured=float((chroma[~ink] > 10).sum()))
+                for k, v in one.items():
+                    sums[t][k] += v
+                if t == temps[0] and len(rows) < SHEET_ROWS:
+                    rows.append([drawn, out, truth])
             n += 1
-    res = {k: v / n for k, v in sums.items()}
-    res["colourfulness_ratio"] = res["colourfulness"] / res["colourfulness_true"]
-    res.update(pictures=n, coloured_share=coloured / max(paper_total, 1), weights=weights,
-               temperature=t if t is not None else model.cfg.temperature)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
+    for t, s in sums.items():
+        res = {k: s[k] / n for k in ("psnr_rgb", "psnr_drawn", "colourfulness")}
+        res.update(colourfulness_ratio=s["colourfulness"] / s["colourfulness_true"],
+                   coloured_share=s["coloured"] / max(s["paper"], 1.0), pictures=n, weights=weights,
+                   temperature=t if t is not None else model.cfg.temperature)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
     if len(sys.argv) > 2:
         write_png(sys.argv[2], contact_sheet(["drawn input", "layer x ink", "truth"], rows))
 
