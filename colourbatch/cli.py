@@ -306,7 +306,7 @@ def evaluate(as_json, quiet, **values):
     colourfulness ratio and PSNR of a/b.
 
     \b
-    Drawn pages: the "page" row is the uncoloured page; ink kept = share of ink pixels
+    Drawn pages: the "uncoloured" row is the drawn page as it is; ink kept = share of ink pixels
     (L < 35) within 5 L of the page; white kept = share of the truth's white (L > 95,
     chroma < 5) left white; coloured = share of the non-ink area with chroma > 10.
     """

@@ -56,7 +56,7 @@ from .data import (ImageError, list_images, make_loader, read_colour_image, sour
                    split_batch, split_dataset)
 from .device import autocast, prepare_model
 from .errors import ColourbatchError, one_line
-from .lineart import draw_page
+from .lineart import draw_page, page_scale
 from .model import model_config, model_input, predict_layer8
 from .pipeline import colour_page, load_weights, open_device, tile_page
 from .temporal import WarpError
@@ -414,7 +414,7 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
 
     Give the folders of sources the weights never trained on (each --data is
     taken whole; a picture's source is its first sub-folder, as in training).
-    Rows: "page" (the uncoloured drawn page) and each weights file (default:
+    Rows: "uncoloured" (the drawn page as it is) and each weights file (default:
     the shipped page model), with per-source rows when `cfg.per_source`.
     """
     emit = emit or (lambda kind, info: None)
@@ -439,8 +439,8 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
     models = [(p, m, prepare_model(net, device).eval()) for p, m, net in models]
     emit("start", {"mode": "drawn", "images": len(pictures), "models": names, "device": str(device),
                    "dtype": str(dtype).replace("torch.", "")})
-    labels = ["page"] + names
-    scores: dict[str, dict[str, tuple[Metrics, DrawnMetrics]]] = {}
+    labels = ["uncoloured"] + names
+    scores: dict[str, list[tuple[Metrics, DrawnMetrics]]] = {}
     sheet_rows, skipped = [], []
     picks = set(np.linspace(0, len(pictures) - 1, min(cfg.sheet_images, len(pictures))).round().astype(int))
     for i, (path, source) in enumerate(pictures):
@@ -450,18 +450,19 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
             skipped.append(str(path))
             emit("skip", {"path": str(path), "reason": one_line(exc)})
             continue
-        page = draw_page(truth, scale=max(1.0, max(truth.shape[:2]) / 1000))
+        page = draw_page(truth, scale=page_scale(*truth.shape[:2]))
         windows, tiles = tile_page(page, "drawn")
         x = torch.from_numpy(np.stack(tiles))[:, None].to(device)
         outs = [colour.grey_to_rgb(page)]
         with torch.inference_mode(), autocast(device, dtype):
             for _, _, model in models:
-                layers = predict_layer8(model, x).cpu().numpy()
+                layers = predict_layer8(model, x, cfg.temperature).cpu().numpy()
                 outs.append(colour_page(page, "drawn", windows, list(layers)))
         true_lab = colour.rgb_to_lab(truth)
-        group = scores.setdefault(source if cfg.per_source else "", {})
-        for label, rgb in zip(labels, outs):
-            m, d = group.setdefault(label, (Metrics(), DrawnMetrics()))
+        # By column, not by label: a weights file may be called anything, "uncoloured" too.
+        group = scores.setdefault(source if cfg.per_source else "",
+                                  [(Metrics(), DrawnMetrics()) for _ in labels])
+        for (m, d), rgb in zip(group, outs):
             lab = colour.rgb_to_lab(rgb)
             m.update(lab, true_lab)
             d.update(page, lab, true_lab)
@@ -470,26 +471,25 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
         emit("progress", {"name": "drawn", "done": i + 1, "images": len(pictures)})
     if not scores:
         raise EvalError(f"none of the {len(pictures)} pictures could be read")
-    pooled = {label: (Metrics(), DrawnMetrics()) for label in labels}
+    pooled = [(Metrics(), DrawnMetrics()) for _ in labels]
     for group in scores.values():
-        for label, (m, d) in group.items():
-            pooled[label][0].merge(m)
-            pooled[label][1].merge(d)
+        for (pm, pd), (m, d) in zip(pooled, group):
+            pm.merge(m)
+            pd.merge(d)
 
-    def row(label, m, d, source=None):
-        k = labels.index(label)
+    def row(k, m, d, source=None):
         weights, mname = (None, None) if k == 0 else (str(models[k - 1][0]), models[k - 1][1])
-        name = label if source is None else f"{label} @ {source}"
+        name = labels[k] if source is None else f"{labels[k]} @ {source}"
         extra = {} if source is None else {"source": source}
         return {"name": name, **extra, "weights": weights, "model": mname, **m.result(), **d.result()}
-    rows = [row(label, *pooled[label]) for label in labels]
+    rows = [row(k, *pooled[k]) for k in range(len(labels))]
     if cfg.per_source:
-        rows += [row(label, *scores[src][label], source=src) for src in sorted(scores) for label in labels]
+        rows += [row(k, *scores[src][k], source=src) for src in sorted(scores) for k in range(len(labels))]
     for r in rows:
         emit("row", r)
     notes = [f"{len(skipped)} unreadable picture(s) skipped (first: {skipped[0]})"] if skipped else []
     result = {"mode": "drawn", "data": [str(p) for p in cfg.data], "split": None,
-              "images": pooled["page"][0].n, "skipped": len(skipped), "rows": rows, "notes": notes,
+              "images": pooled[0][0].n, "skipped": len(skipped), "rows": rows, "notes": notes,
               "sheet": None}
     if cfg.sheet:
         sheet = contact_sheet(labels + ["truth"], sheet_rows, cfg.sheet_cell)

@@ -521,14 +521,18 @@ def test_evaluate_drawn_scores_the_page_model_against_the_uncoloured_page(tmp_pa
     for i in range(3):
         _flat_art(tmp_path / "art" / "shapes" / f"{i}.png", i)
     _flat_art(tmp_path / "art" / "more" / "x.png", 9)
+    # Named as the shipped file is: its row must not be mixed up with the uncoloured page's.
+    weights = tmp_path / "page.pt"
+    weights.write_bytes(tinted_page_weights.read_bytes())
     out = CliRunner().invoke(cli, ["evaluate", "--drawn", "--data", str(tmp_path / "art"),
-                                   "--weights", str(tinted_page_weights), "--per-source", "--json",
+                                   "--weights", str(weights), "--per-source", "--json",
                                    "--sheet", str(tmp_path / "sheet.png"), "--quiet"])
     assert out.exit_code == 0, out.output
     res = json.loads(out.output)
     rows = {r["name"]: r for r in res["rows"]}
     assert res["mode"] == "drawn" and res["images"] == 4
-    page, tinted = rows["page"], rows["tinted-page"]
+    page, tinted = rows["uncoloured"], rows["page"]
+    assert page["images"] == tinted["images"] == 4
     # The uncoloured page has no colour; the tinted model colours the paper everywhere.
     assert page["coloured"] == 0 and page["colourfulness_ratio"] < 0.05
     # The page is drawn (ink on paper: the fills are gone), not the picture's own lightness.
