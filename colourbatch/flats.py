@@ -47,6 +47,11 @@ KEEP_L8 = 64
 #: than this share of the page (the open background around figures, a borderless panel) keeps
 #: the smooth layer instead, averaged only over what lies inside it.
 FLAT_MAX_SHARE = 0.08
+#: The open background's colour comes from layer cells at least this many cells inside it.
+MARGIN_CELLS = 2.0
+#: Weight of the region's mean against the cells near a pixel (a blurred sum of weights is ~1
+#: among core cells): it decides only where no core cell is near.
+FALLBACK_WEIGHT = 0.02
 #: A closed paper region holding at least this many glyph-sized ink marks, away from the page
 #: edge, is a speech balloon or caption: it stays paper-white, its lettering black.
 BALLOON_GLYPHS = 4
@@ -177,12 +182,23 @@ def _inside_only(lab: np.ndarray, region: np.ndarray, layer8: np.ndarray) -> Non
     two cells wide) over the layer cells that lie inside it, so a shape's colour does not
     halo into the background around it."""
     lh, lw = layer8.shape[1:]
-    cover = cv2.resize(region.astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA)
-    weight = cover ** 4  # a cell half outside counts 1/16: the cells inside decide
-    den = cv2.GaussianBlur(weight, (0, 0), 1.5)
-    planes = [cv2.GaussianBlur(p.astype(np.float32) * weight, (0, 0), 1.5) / np.maximum(den, 1e-6)
-              for p in layer8]
     hw, ww = region.shape
+    # The layer itself spills a cell or two past a figure's outline (it is predicted at a
+    # quarter of the tile): only cells at least MARGIN_CELLS from the region's edge count.
+    margin = int(round(MARGIN_CELLS * max(hw / lh, ww / lw)))
+    core = cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, margin))
+    whole = cv2.resize(region.astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA)
+    cover = cv2.resize(core.astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA)
+    weight = cover ** 4  # a cell half outside counts 1/16: the cells inside decide
+    den = cv2.GaussianBlur(weight, (0, 0), 3.0)
+    planes = []
+    for p in layer8:
+        p = p.astype(np.float32)
+        # Far from any core cell the colour falls back to the region's own mean (no division
+        # of two vanishing sums: that would paint L = 0, a = b = -128, a dark blue).
+        mean = float((p * whole).sum() / max(whole.sum(), 1e-6))
+        num = cv2.GaussianBlur(p * weight, (0, 0), 3.0)
+        planes.append((num + FALLBACK_WEIGHT * mean) / (den + FALLBACK_WEIGHT))
     smooth = cv2.resize(cv2.merge(planes), (ww, hw), interpolation=cv2.INTER_LINEAR)
     lab[region] = np.clip(smooth[region] + 0.5, 0, 255).astype(np.uint8)
 
