@@ -178,6 +178,24 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def threads_beside_encoder() -> int:
+    """Torch's intra-op threads for a run that also encodes video on these cores: half of them,
+    at least 1 (OMP_NUM_THREADS, when set, wins).
+
+    x264 keeps about 1.5 frame threads a core busy and the decoder runs in its own
+    process; torch's OpenMP threads spin while they wait for work, so torch on every
+    core takes CPU from the encoder. 720p, preset medium, 2 cores (docs/speed.md):
+    CPU a frame 270 ms with torch on 2 threads, 202 on 1.
+    """
+    return omp_threads() or max(1, cpu_count() // 2)
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS when set to a count (Ray sets it to each worker's CPU share; a user may)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
 def set_cpu_threads(threads: int | None = None) -> int:
     """Use all cores for intra-op work unless told otherwise; returns the count.
 
@@ -185,7 +203,6 @@ def set_cpu_threads(threads: int | None = None) -> int:
     share, and a user may), else every core this process may use.
     """
     if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(env) if env.isdigit() and int(env) > 0 else cpu_count()
+        threads = omp_threads() or cpu_count()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()

@@ -118,3 +118,12 @@ def test_a_model_in_training_stays_trainable():
     net = build_model("default")  # training mode, as train builds it
     prepared = device.prepare_model(net, torch.device("cpu"))
     assert prepared is net and any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+
+
+def test_threads_beside_an_encoder_leave_it_half_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for cores, want in ((1, 1), (2, 1), (16, 8)):
+        monkeypatch.setattr(device, "cpu_count", lambda cores=cores: cores)
+        assert device.threads_beside_encoder() == want
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # told: as told
+    assert device.threads_beside_encoder() == 3
