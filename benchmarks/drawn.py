@@ -1,16 +1,16 @@
 """Drawn pages as users see them: real black-and-white pages through `colourbatch pages`' own
 per-page path, with what the issue asks of them and what a drawn page costs beside a photo page.
 
-    python benchmarks/drawn.py PAGES_FOLDER [--sheet docs/sheet-drawn.png] [--limit N] [--page-weights F]
+    python benchmarks/drawn.py PAGES... [--sheet docs/sheet-drawn.png] [--limit N] [--page-weights F]
 
-For each page (every picture under the folder, read as grey): the style the
+For each page (every picture under each folder given, and each file, read as grey): the style the
 auto rule gives it; coloured = share of its non-ink area with chroma > 10;
 ink kept = share of ink pixels (L < 35) within 5 L of the page (evaluate's
 DrawnMetrics); and the milliseconds of the whole per-page work (tiles, model,
 merge) coloured as a drawn page and, on the same page in the same run, as a
 photo page: the ratio is what a drawn page costs against a photo page of the
 same size. Decoding and writing the file are the same for both and left out.
-The sheet shows input | output for up to 8 pages.
+The sheet shows input | output for up to 12 pages.
 """
 import argparse
 import statistics
@@ -42,7 +42,7 @@ def timed(engine: Colouriser, l8: np.ndarray, style: str, repeats: int = 3):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder")
+    ap.add_argument("pages", nargs="+", help="folders of pages and page files")
     ap.add_argument("--sheet", help="contact sheet PNG: input | output")
     ap.add_argument("--limit", type=int, default=0, help="only the first N pages")
     ap.add_argument("--precision", default="fp32", help="fp32: this CPU has no native bf16")
@@ -52,7 +52,8 @@ def main():
     from dataclasses import replace
     drawn_engine = Colouriser(replace(run, weights=args.page_weights), shipped="page")
     photo_engine = Colouriser(run)
-    pages = list_images(args.folder)[:args.limit or None]
+    pages = [p for arg in args.pages for p in (list_images(arg) if Path(arg).is_dir() else [Path(arg)])]
+    pages = pages[:args.limit or None]
     print(f"{'page':28s} {'size':>10s} {'style':>6s} {'coloured':>9s} {'ink kept':>9s} "
           f"{'drawn ms':>9s} {'photo ms':>9s} {'ratio':>6s}")
     ratios, coloured, rows = [], [], []
@@ -71,7 +72,7 @@ def main():
         h, w = l8.shape
         print(f"{Path(path).name[:28]:28s} {w:>4d}x{h:<5d} {style:>6s} {100 * r['coloured']:8.1f}% "
               f"{100 * r['ink_kept']:8.2f}% {t_drawn:9.0f} {t_photo:9.0f} {t_drawn / t_photo:6.2f}")
-        if args.sheet and len(rows) < 8:
+        if args.sheet and len(rows) < 12:
             rows.append([colour.grey_to_rgb(l8), drawn])
     r = total.result()
     print(f"\n{len(pages)} pages: coloured (non-ink area, chroma > 10) median "
@@ -79,7 +80,11 @@ def main():
           f"{100 * r['ink_kept']:.2f}% of ink pixels; drawn / photo time median "
           f"{statistics.median(ratios):.2f}, max {max(ratios):.2f}")
     if args.sheet:
-        print("sheet:", write_png(args.sheet, contact_sheet(["page", "coloured"], rows, 320)))
+        # Two pages a row: page | coloured | page | coloured.
+        pairs = [rows[i] + (rows[i + 1] if i + 1 < len(rows) else [np.full_like(rows[i][0], 255)] * 2)
+                 for i in range(0, len(rows), 2)]
+        sheet = contact_sheet(["page", "coloured", "page", "coloured"], pairs, 320)
+        print("sheet:", write_png(args.sheet, sheet))
 
 
 if __name__ == "__main__":

@@ -259,7 +259,8 @@ E = C.EvalConfig
         help="Folder of finished predictions, compared with --truth by relative path.")
 @option(E, "truth", type=click.Path(file_okay=False), help="Folder of the true colour pictures for --pred.")
 @option(E, "video", type=click.Path(dir_okay=False),
-        help="A coloured film to score for flicker (warp error) and colour against --source.")
+        help="A coloured film to score for flicker (warp error) and colour against --source; "
+             "alone, a colour film that is coloured from its own lightness (each --weights) and scored.")
 @option(E, "source", type=click.Path(dir_okay=False), help="The film --video was coloured from.")
 @option(E, "max_frames", type=click.IntRange(1), help="With --video: only the first N frames.")
 @option(E, "weights", multiple=True, type=click.Path(dir_okay=False),
@@ -286,6 +287,7 @@ def evaluate(as_json, quiet, **values):
     colourbatch evaluate --data photos/ --weights a.pt --weights b.pt --sheet sheet.png
     colourbatch evaluate --pred coloured/ --truth originals/ --json
     colourbatch evaluate --video film.colour.mp4 --source film.mp4      flicker of a film
+    colourbatch evaluate --video colour-film.mp4 --max-frames 100     colour it, then score it
     colourbatch evaluate --drawn --data held-out-art/ --sheet drawn.png  drawn pages
 
     \b
@@ -304,7 +306,7 @@ def evaluate(as_json, quiet, **values):
     colourfulness ratio and PSNR of a/b.
 
     \b
-    Drawn pages: the "page" row is the uncoloured page; ink kept = share of ink pixels
+    Drawn pages: the "uncoloured" row is the drawn page as it is; ink kept = share of ink pixels
     (L < 35) within 5 L of the page; white kept = share of the truth's white (L > 95,
     chroma < 5) left white; coloured = share of the non-ink area with chroma > 10.
     """
@@ -665,18 +667,18 @@ def _eval_table(console, result: dict) -> None:
     from rich.table import Table
 
     if result["mode"] == "video":
-        r = result["rows"][0]
         table = Table(title=f"{result['video']} against {result['source']}",
                       caption="warp error in LAB units: lower holds stiller; the source's own is the floor")
-        for name in ("frames", "pairs", "cuts", "warp error", "source's own", "colourfulness",
+        for name in ("film", "frames", "pairs", "cuts", "warp error", "source's own", "colourfulness",
                      "colour ratio", "PSNR ab"):
             table.add_column(name, justify="right")
 
         def num(v, f="{:.3f}"):
             return "-" if v is None else f.format(v)
-        table.add_row(str(r["frames"]), str(r["pairs"]), str(r["cuts"]), num(r["warp_error"]),
-                      num(r["source_warp_error"]), num(r["colourfulness"], "{:.2f}"),
-                      num(r["colourfulness_ratio"], "{:.2f}"), num(r["psnr_ab"], "{:.2f}"))
+        for r in result["rows"]:
+            table.add_row(escape(r["name"]), str(r["frames"]), str(r["pairs"]), str(r["cuts"]),
+                          num(r["warp_error"]), num(r["source_warp_error"]), num(r["colourfulness"], "{:.2f}"),
+                          num(r["colourfulness_ratio"], "{:.2f}"), num(r["psnr_ab"], "{:.2f}"))
         console.print(table)
         return
     columns = _EVAL_COLUMNS

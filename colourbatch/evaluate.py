@@ -56,7 +56,7 @@ from .data import (ImageError, list_images, make_loader, read_colour_image, sour
                    split_batch, split_dataset)
 from .device import autocast, prepare_model
 from .errors import ColourbatchError, one_line
-from .lineart import draw_page
+from .lineart import draw_page, page_scale
 from .model import model_config, model_input, predict_layer8
 from .pipeline import colour_page, load_weights, open_device, tile_page
 from .temporal import WarpError
@@ -254,10 +254,12 @@ def evaluate_set(cfg: EvalConfig, on_event: Callable[[str, dict], None] | None =
     if cfg.sheet and Path(cfg.sheet).is_dir():
         raise EvalError(f"{cfg.sheet}: is a folder; give the contact sheet a file name")
     if cfg.video or cfg.source:
-        if not (cfg.video and cfg.source):
-            raise EvalError("--video and --source go together")
-        if cfg.data or cfg.weights or cfg.pred or cfg.truth:
+        if not cfg.video:
+            raise EvalError("--source needs --video (the coloured film to score against it)")
+        if cfg.data or cfg.pred or cfg.truth or (cfg.source and cfg.weights):
             raise EvalError("--video/--source compare two films; they take no --data, --weights, --pred or --truth")
+        if not cfg.source:
+            return evaluate_colour_film(cfg, emit)
         score = evaluate_video(cfg.video, cfg.source, cfg.max_frames)
         return {"mode": "video", "video": str(cfg.video), "source": str(cfg.source), "split": None,
                 "rows": [{"name": Path(cfg.video).name, "weights": None, "model": None, **asdict(score)}],
@@ -412,7 +414,7 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
 
     Give the folders of sources the weights never trained on (each --data is
     taken whole; a picture's source is its first sub-folder, as in training).
-    Rows: "page" (the uncoloured drawn page) and each weights file (default:
+    Rows: "uncoloured" (the drawn page as it is) and each weights file (default:
     the shipped page model), with per-source rows when `cfg.per_source`.
     """
     emit = emit or (lambda kind, info: None)
@@ -437,8 +439,8 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
     models = [(p, m, prepare_model(net, device).eval()) for p, m, net in models]
     emit("start", {"mode": "drawn", "images": len(pictures), "models": names, "device": str(device),
                    "dtype": str(dtype).replace("torch.", "")})
-    labels = ["page"] + names
-    scores: dict[str, dict[str, tuple[Metrics, DrawnMetrics]]] = {}
+    labels = ["uncoloured"] + names
+    scores: dict[str, list[tuple[Metrics, DrawnMetrics]]] = {}
     sheet_rows, skipped = [], []
     picks = set(np.linspace(0, len(pictures) - 1, min(cfg.sheet_images, len(pictures))).round().astype(int))
     for i, (path, source) in enumerate(pictures):
@@ -448,18 +450,19 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
             skipped.append(str(path))
             emit("skip", {"path": str(path), "reason": one_line(exc)})
             continue
-        page = draw_page(truth, scale=max(1.0, max(truth.shape[:2]) / 1000))
+        page = draw_page(truth, scale=page_scale(*truth.shape[:2]))
         windows, tiles = tile_page(page, "drawn")
         x = torch.from_numpy(np.stack(tiles))[:, None].to(device)
         outs = [colour.grey_to_rgb(page)]
         with torch.inference_mode(), autocast(device, dtype):
             for _, _, model in models:
-                layers = predict_layer8(model, x).cpu().numpy()
+                layers = predict_layer8(model, x, cfg.temperature).cpu().numpy()
                 outs.append(colour_page(page, "drawn", windows, list(layers)))
         true_lab = colour.rgb_to_lab(truth)
-        group = scores.setdefault(source if cfg.per_source else "", {})
-        for label, rgb in zip(labels, outs):
-            m, d = group.setdefault(label, (Metrics(), DrawnMetrics()))
+        # By column, not by label: a weights file may be called anything, "uncoloured" too.
+        group = scores.setdefault(source if cfg.per_source else "",
+                                  [(Metrics(), DrawnMetrics()) for _ in labels])
+        for (m, d), rgb in zip(group, outs):
             lab = colour.rgb_to_lab(rgb)
             m.update(lab, true_lab)
             d.update(page, lab, true_lab)
@@ -468,26 +471,25 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
         emit("progress", {"name": "drawn", "done": i + 1, "images": len(pictures)})
     if not scores:
         raise EvalError(f"none of the {len(pictures)} pictures could be read")
-    pooled = {label: (Metrics(), DrawnMetrics()) for label in labels}
+    pooled = [(Metrics(), DrawnMetrics()) for _ in labels]
     for group in scores.values():
-        for label, (m, d) in group.items():
-            pooled[label][0].merge(m)
-            pooled[label][1].merge(d)
+        for (pm, pd), (m, d) in zip(pooled, group):
+            pm.merge(m)
+            pd.merge(d)
 
-    def row(label, m, d, source=None):
-        k = labels.index(label)
+    def row(k, m, d, source=None):
         weights, mname = (None, None) if k == 0 else (str(models[k - 1][0]), models[k - 1][1])
-        name = label if source is None else f"{label} @ {source}"
+        name = labels[k] if source is None else f"{labels[k]} @ {source}"
         extra = {} if source is None else {"source": source}
         return {"name": name, **extra, "weights": weights, "model": mname, **m.result(), **d.result()}
-    rows = [row(label, *pooled[label]) for label in labels]
+    rows = [row(k, *pooled[k]) for k in range(len(labels))]
     if cfg.per_source:
-        rows += [row(label, *scores[src][label], source=src) for src in sorted(scores) for label in labels]
+        rows += [row(k, *scores[src][k], source=src) for src in sorted(scores) for k in range(len(labels))]
     for r in rows:
         emit("row", r)
     notes = [f"{len(skipped)} unreadable picture(s) skipped (first: {skipped[0]})"] if skipped else []
     result = {"mode": "drawn", "data": [str(p) for p in cfg.data], "split": None,
-              "images": pooled["page"][0].n, "skipped": len(skipped), "rows": rows, "notes": notes,
+              "images": pooled[0][0].n, "skipped": len(skipped), "rows": rows, "notes": notes,
               "sheet": None}
     if cfg.sheet:
         sheet = contact_sheet(labels + ["truth"], sheet_rows, cfg.sheet_cell)
@@ -661,6 +663,39 @@ class VideoScore:
     colourfulness: float             # mean Hasler & Suesstrunk M of the output's frames
     colourfulness_ratio: float | None  # ... divided by the source's (None: a grey source)
     psnr_ab: float | None            # PSNR of the output's 8-bit a/b against the source's (None: grey)
+
+
+def evaluate_colour_film(cfg: EvalConfig, emit=None) -> dict[str, Any]:
+    """`--video FILM` alone: FILM is in colour; colour its lightness as `colourbatch video`
+    does (each weights file, default the shipped; the film's first `cfg.max_frames` frames
+    when given), losslessly (ffv1) into a temporary folder, and score each against FILM,
+    whose own warp error is the floor. Nothing is left on disk."""
+    import tempfile
+
+    from .config import RunConfig, VideoConfig
+    from .video import colour_films  # a sibling command: video never imports evaluate
+
+    emit = emit or (lambda kind, info: None)
+    info = media.probe(cfg.video)  # MediaError (exit 1) for a film that does not decode
+    # A frame more than asked: the last one's duration is the next one's start.
+    duration = None if cfg.max_frames is None else float((cfg.max_frames + 1) / info.fps)
+    rows = []
+    for weights in cfg.weights or (None,):
+        run = RunConfig(weights=weights, device=cfg.device, precision=cfg.precision,
+                        batch_size=cfg.batch_size, workers=max(cfg.workers, 1))
+        with tempfile.TemporaryDirectory(prefix=".colourbatch-evaluate-") as tmp:
+            out = Path(tmp) / "film.mkv"
+            report = colour_films([cfg.video], out, VideoConfig(codec="ffv1", duration=duration), run)
+            trouble = report.refused + report.failed
+            if trouble or not out.exists():
+                why = trouble[0][1] if trouble else "nothing was written"
+                raise EvalError(f"{cfg.video}: could not be coloured ({why})")
+            score = evaluate_video(out, cfg.video, cfg.max_frames)
+        name = "default" if weights is None else _row_names([Path(weights)])[0]
+        rows.append({"name": name, "weights": weights, "model": None, **asdict(score)})
+        emit("row", rows[-1])
+    return {"mode": "video", "video": str(cfg.video), "source": str(cfg.video), "split": None,
+            "rows": rows, "notes": [], "sheet": None}
 
 
 def evaluate_video(coloured: str | os.PathLike, source: str | os.PathLike,

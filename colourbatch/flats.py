@@ -36,6 +36,9 @@ DRAWN_MID = 0.2
 #: stay dots (an area-averaged thumbnail turns them into mid-grey and the page into a photo).
 STYLE_SAMPLES = 250_000
 
+#: For finding the regions lines close, a pixel is line if it is this much darker (L8) than the
+#: page's paper: thin or pencil-grey lines (L8 150-200) close regions as black ones do.
+LINE_CONTRAST = 48
 #: Below this L8 a pixel is ink and keeps its own value exactly; above PAPER_L8 it takes the
 #: full multiplied colour; in between (anti-aliased edges) the two blend linearly.
 KEEP_L8 = 64
@@ -58,12 +61,16 @@ def page_style(l8: np.ndarray) -> str:
     DRAWN_MID is neither paper nor ink. Photos, paintings and desaturated colour
     comics have a broad histogram (mid-tones) and keep the kept-L merge.
     """
-    h, w = l8.shape[:2]
-    step = max(1, int(np.sqrt(h * w / STYLE_SAMPLES)))
-    sample = l8[::step, ::step]
+    sample = _sample(l8)
     paper = np.count_nonzero(sample > PAPER_L8) / sample.size
     ink = np.count_nonzero(sample < INK_L8) / sample.size
     return "drawn" if paper >= DRAWN_PAPER and 1.0 - paper - ink <= DRAWN_MID else "photo"
+
+
+def _sample(l8: np.ndarray) -> np.ndarray:
+    h, w = l8.shape[:2]
+    step = max(1, int(np.sqrt(h * w / STYLE_SAMPLES)))
+    return l8[::step, ::step]
 
 
 def drawn_tile(l8: np.ndarray, size: int = TILE) -> np.ndarray:
@@ -152,10 +159,13 @@ def colour_layer(l8: np.ndarray, layer8: np.ndarray) -> np.ndarray:
 
 
 def _ink_mask(l8: np.ndarray) -> np.ndarray:
-    """uint8, 1 where ink, at the working resolution: a cell is ink if any of its pixels is."""
+    """uint8, 1 where line (LINE_CONTRAST darker than the paper, the page's 90th percentile,
+    and never lighter than PAPER_L8), at the working resolution: a cell is line if any of
+    its pixels is."""
     h, w = l8.shape
     f = max(1, int(np.ceil(np.sqrt(h * w / WORK_PIXELS))))
-    ink = (l8 < INK_L8).astype(np.uint8)
+    paper = float(np.percentile(_sample(l8), 90))
+    ink = (l8 < min(max(paper - LINE_CONTRAST, INK_L8), PAPER_L8)).astype(np.uint8)
     if f == 1:
         return ink
     ink = np.pad(ink, ((0, -h % f), (0, -w % f)))

@@ -36,6 +36,17 @@ PAPER = 255          # paper in the plain style
 INK = 20             # ink in the plain style
 
 
+#: Long side at which scale 1 draws lines as the page model saw them in training (drawn at
+#: data.DRAW_OVERSAMPLE x the tile, squeezed to it): a whole page is drawn at page_scale.
+TRAINED_SIDE = 560
+
+
+def page_scale(h: int, w: int) -> float:
+    """The `scale` that draws an (h, w) page with lines as thick, relative to the page, as the
+    page model's training pictures had (never below 1)."""
+    return max(1.0, max(h, w) / TRAINED_SIDE)
+
+
 def draw_page(rgb: np.ndarray, rng: np.random.Generator | None = None, scale: float = 1.0) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> uint8 L8 (H, W): the picture as ink on paper.
 

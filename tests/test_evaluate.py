@@ -386,6 +386,27 @@ def test_evaluate_video_scores_flicker_against_the_source(tmp_path):
     assert grey.warp_error == pytest.approx(same.warp_error, rel=0.2)
 
 
+def test_evaluate_colours_a_colour_film_itself_and_scores_it(tmp_path, tinted_weights):
+    from click.testing import CliRunner
+    import json
+
+    from colourbatch.cli import cli
+    src = _film(tmp_path / "src.mkv", 12)
+    out = CliRunner().invoke(cli, ["evaluate", "--video", str(src), "--weights", str(tinted_weights),
+                                   "--max-frames", "8", "--json", "--quiet", "--precision", "fp32"])
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.output)
+    (row,) = res["rows"]
+    assert res["mode"] == "video" and row["name"] == "tinted" and row["frames"] == 8
+    # The source is in colour: its own warp error is the floor; the tinted model's constant
+    # colour holds perfectly still but is not the source's colour.
+    assert row["source_warp_error"] is not None and row["warp_error"] < row["source_warp_error"] + 0.5
+    assert row["psnr_ab"] < 40
+    assert not list(tmp_path.glob("*colour*")) and sorted(p.name for p in tmp_path.iterdir()) == ["src.mkv"]
+    bad = CliRunner().invoke(cli, ["evaluate", "--source", str(src)])
+    assert bad.exit_code == 2 and "--source needs --video" in bad.output
+
+
 # ------------------------------------------------ held-out sources, decodings
 @pytest.fixture
 def sourced(tmp_path):
@@ -500,14 +521,18 @@ def test_evaluate_drawn_scores_the_page_model_against_the_uncoloured_page(tmp_pa
     for i in range(3):
         _flat_art(tmp_path / "art" / "shapes" / f"{i}.png", i)
     _flat_art(tmp_path / "art" / "more" / "x.png", 9)
+    # Named as the shipped file is: its row must not be mixed up with the uncoloured page's.
+    weights = tmp_path / "page.pt"
+    weights.write_bytes(tinted_page_weights.read_bytes())
     out = CliRunner().invoke(cli, ["evaluate", "--drawn", "--data", str(tmp_path / "art"),
-                                   "--weights", str(tinted_page_weights), "--per-source", "--json",
+                                   "--weights", str(weights), "--per-source", "--json",
                                    "--sheet", str(tmp_path / "sheet.png"), "--quiet"])
     assert out.exit_code == 0, out.output
     res = json.loads(out.output)
     rows = {r["name"]: r for r in res["rows"]}
     assert res["mode"] == "drawn" and res["images"] == 4
-    page, tinted = rows["page"], rows["tinted-page"]
+    page, tinted = rows["uncoloured"], rows["page"]
+    assert page["images"] == tinted["images"] == 4
     # The uncoloured page has no colour; the tinted model colours the paper everywhere.
     assert page["coloured"] == 0 and page["colourfulness_ratio"] < 0.05
     # The page is drawn (ink on paper: the fills are gone), not the picture's own lightness.

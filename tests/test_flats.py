@@ -145,3 +145,15 @@ def test_a_large_closed_region_is_one_flat_colour_and_the_open_background_is_not
     assert np.ptp(out[inside > 0], axis=0).max() <= 2
     # The background around it follows the layer: darker red on the left than on the right.
     assert out[20, 20, 0] + 40 < out[20, 580, 0]
+
+
+def test_light_pencil_lines_close_regions_too():
+    page = np.full((600, 600), 250, np.uint8)
+    cv2.circle(page, (300, 300), 120, 170, 3)  # a thin grey line, far lighter than ink
+    ramp = np.zeros((600, 600, 3), np.uint8)
+    ramp[..., 0] = np.linspace(40, 220, 600)[None].astype(np.uint8)
+    ramp[..., 2] = 90
+    out = flats.flat_colour(page, layer_of(ramp)).astype(int)
+    inside = np.zeros(page.shape, np.uint8)
+    cv2.circle(inside, (300, 300), 110, 1, -1)
+    assert np.ptp(out[inside > 0], axis=0).max() <= 2

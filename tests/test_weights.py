@@ -26,12 +26,12 @@ def recorded_hashes() -> dict:
 
 def test_hashes_match_the_record():
     hashes = recorded_hashes()
-    assert set(hashes) == {"default.pt", "seed.pt"}
+    assert set(hashes) == {"default.pt", "seed.pt", "page.pt"}
     for name, digest in hashes.items():
         assert checkpoint.file_sha256(WEIGHTS / name) == digest, name
 
 
-@pytest.mark.parametrize("name", ["default", "seed"])
+@pytest.mark.parametrize("name", ["default", "seed", "page"])
 def test_weights_describe_their_training(name):
     model, meta = checkpoint.load(WEIGHTS / f"{name}.pt")
     assert checkpoint.model_config(model)[0] == name
@@ -82,3 +82,24 @@ def test_the_engine_loader_is_shared_and_answers_in_one_line(tmp_path, monkeypat
     with pytest.raises(PipelineError, match="no shipped weights") as err:
         Colouriser(RunConfig(device="cpu"))
     assert err.value.exit_code == 2
+
+
+def test_page_weights_are_a_page_model_that_colours_a_drawing_and_keeps_paper_white():
+    from colourbatch.lineart import draw_page
+    from colourbatch.model import predict_layer8
+
+    model, meta = checkpoint.load(WEIGHTS / "page.pt")
+    assert model.drawn and checkpoint.model_config(model)[0] == "page"
+    assert meta["encoder_init"] == "weights:default.pt"
+    assert set(meta["train_config"]["holdout"]) == {"food", "buildings"}
+    # A drawing made here: a red ball with a green leaf on white paper, drawn as ink.
+    rgb = np.full((448, 448, 3), 255, np.uint8)
+    cv2.circle(rgb, (224, 250), 150, (210, 30, 30), -1)
+    cv2.ellipse(rgb, (260, 80), (60, 25), 20, 0, 360, (40, 160, 40), -1)
+    page = draw_page(rgb)
+    with torch.inference_mode():
+        lab = predict_layer8(model, torch.from_numpy(colour.l_tile(page))[None, None])[0].numpy()
+    chroma = np.hypot(lab[1].astype(float) - 128, lab[2].astype(float) - 128)
+    corners = np.concatenate([lab[:, :6, :6].reshape(3, -1), lab[:, -6:, -6:].reshape(3, -1)], 1)
+    assert corners[0].min() >= 230 and chroma[:6, :6].max() < 8  # the paper around stays white
+    assert (chroma > 10).mean() > 0.1  # and the drawing takes colour

@@ -210,7 +210,7 @@ def main() -> None:
         return
     if name == "finalize-page":
         # python weights/recipe.py finalize-page T: the page model's decoding temperature
-        # (chosen with weights/page_eval.py on its held-out categories), then SHA256SUMS.
+        # (chosen with `colourbatch evaluate --drawn` on its held-out categories), then SHA256SUMS.
         from colourbatch import checkpoint
 
         blob = checkpoint.read("weights/page.pt")
