@@ -3,10 +3,14 @@ fp32 and bf16 autocast, batch 32, channels_last, inference only.
 
     python benchmarks/models.py [--batch 32] [--repeats 5] [--threads N]
 
-Prints a table, then the cost of turning a bin-distribution model's logits
-into a/b (its `decode`, each decoding policy, ms a tile); numbers are medians of `repeats` timed batches after one
-warm-up, all measured in this one run so the ratios between rows hold even on
-a noisy shared machine.
+Prints a table of whole predictions (forward + decode, `predict_ab8`) with the
+network as it loads ("eager") and in the inference form every command runs
+(device.prepare_model: batch norm folded, and for fp32 on the CPU a frozen
+graph), then the forward alone in each runtime, then the cost of turning a
+bin-distribution model's logits into a/b (its `decode`, each decoding policy,
+and the one-piece softmax it replaced), ms a tile. Numbers are medians of
+`repeats` timed batches after one warm-up, all measured in this one run so
+the ratios between rows hold even on a noisy shared machine.
 """
 import argparse
 import statistics
@@ -17,7 +21,7 @@ import torch
 from colourbatch import checkpoint
 from colourbatch.config import DECODES
 from colourbatch.device import autocast, prepare_model, set_cpu_threads
-from colourbatch.model import predict_ab8
+from colourbatch.model import model_input, predict_ab8
 
 
 def conv_gmacs(model, size: int = 224) -> float:
@@ -48,35 +52,46 @@ def main():
     cpu = torch.device("cpu")
     x = torch.randint(0, 256, (args.batch, 1, 224, 224), dtype=torch.uint8)
     print(f"CPU, {threads} threads, batch {args.batch}, 224x224, median of {args.repeats}")
-    print(f"{'model':10} {'params':>9} {'GMAC/tile':>10} {'fp32 img/s':>11} {'bf16 img/s':>11}")
+    print(f"{'model':10} {'runtime':10} {'params':>9} {'GMAC/tile':>10} {'fp32 img/s':>11} {'bf16 img/s':>11}")
     for path in args.weights:
-        model, _ = checkpoint.load(path)
-        name = checkpoint.model_config(model)[0]
-        gmacs = conv_gmacs(model)
-        model = prepare_model(model, cpu).eval()
-        row = []
-        for dtype in (torch.float32, torch.bfloat16):
-            times = []
-            with torch.inference_mode(), autocast(cpu, dtype):
-                predict_ab8(model, x)
-                for _ in range(args.repeats):
-                    t = time.perf_counter()
-                    predict_ab8(model, x)
-                    times.append(time.perf_counter() - t)
-            row.append(args.batch / statistics.median(times))
-        params = sum(p.numel() for p in model.parameters())
-        print(f"{name:10} {params:>9,} {gmacs:10.2f} {row[0]:11.1f} {row[1]:11.1f}")
-        if hasattr(model, "bins"):  # a distribution over a/b bins: time its decoding alone
+        eager, _ = checkpoint.load(path)
+        name = checkpoint.model_config(eager)[0]
+        gmacs = conv_gmacs(eager)
+        eager = eager.to(memory_format=torch.channels_last)
+        fast = prepare_model(eager, cpu)
+        params = sum(p.numel() for p in eager.parameters())
+        for label, model in (("eager", eager), ("inference", fast)):
+            row = [args.batch / median_s(lambda: predict_ab8(model, x), args.repeats, dtype)
+                   for dtype in (torch.float32, torch.bfloat16)]
+            print(f"{name:10} {label:10} {params:>9,} {gmacs:10.2f} {row[0]:11.1f} {row[1]:11.1f}")
+        xf = model_input(x)
+        runtimes = [("eager fp32", eager, torch.float32), ("folded fp32", fast.net, torch.float32),
+                    ("frozen fp32", fast, torch.float32), ("folded bf16", fast, torch.bfloat16)]
+        for label, model, dtype in runtimes:
+            print(f"{'':10} forward {label:12} {1000 * median_s(lambda: model(xf), args.repeats, dtype) / args.batch:6.1f} ms a tile")
+        if hasattr(eager, "bins"):  # a distribution over a/b bins: time its decoding alone
             with torch.inference_mode():
-                raw = model(x[:16].float().div(255).contiguous(memory_format=torch.channels_last))
-                for policy in DECODES:
-                    times = []
-                    for _ in range(args.repeats + 1):
-                        t = time.perf_counter()
-                        model.decode(raw, policy=policy)
-                        times.append(time.perf_counter() - t)
-                    print(f"{'':10} decode {policy:10} {1000 * statistics.median(times[1:]) / 16:6.1f} ms a tile")
+                raw = fast(xf[:16])
+            t = eager.cfg.temperature
 
+            def one_piece():  # the decode before chunking: softmax and matmul over the whole batch
+                return torch.softmax(raw.permute(0, 2, 3, 1) / t, -1) @ eager.bins
+            decodes = [(p, lambda p=p: eager.decode(raw, policy=p)) for p in DECODES]
+            for label, fn in decodes + [("one-piece", one_piece)]:
+                print(f"{'':10} decode {label:13} {1000 * median_s(fn, args.repeats) / 16:6.1f} ms a tile")
+
+
+def median_s(fn, repeats: int, dtype=torch.float32) -> float:
+    """Median seconds of `repeats` calls of `fn` under `dtype` autocast, after one warm-up."""
+    cpu = torch.device("cpu")
+    times = []
+    with torch.inference_mode(), autocast(cpu, dtype):
+        fn()  # warm-up: oneDNN picks its kernels on the first call
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 if __name__ == "__main__":
     main()

@@ -1,15 +1,20 @@
 """Device choice, precision and the gradient scaler: the one copy.
 
 `precision` is one of "auto", "fp32", "bf16", "fp16". "auto" means fp16 on CUDA
-(bf16 where the card supports it), bf16 on CPUs whose oneDNN has native bf16
-(about 2x faster for these conv nets), else fp32.
+(bf16 where the card supports it), bf16 on CPUs with native bf16 arithmetic
+(`cpu_bf16_ok`: about 2x faster for these conv nets), else fp32. The model's
+fast inference form (`prepare_model`: batch norm folded, graph frozen) is made
+here too.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import warnings
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .config import PRECISIONS
 from .errors import ColourbatchError
@@ -37,11 +42,36 @@ def pick_device(name: str = "auto") -> torch.device:
     raise DeviceError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
 
 
-def cpu_bf16_ok() -> bool:
+#: Where Linux lists the CPU's instruction-set flags.
+CPUINFO = "/proc/cpuinfo"
+#: Flags of native bf16 arithmetic (AVX512-BF16 on Cooper Lake / Zen 4 and later, AMX on
+#: Sapphire Rapids and later). oneDNN's own test (`_is_mkldnn_bf16_supported`) also says yes
+#: on plain AVX-512 CPUs, where it emulates bf16 at 2-3x the cost of fp32.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(path: str | None = None) -> frozenset[str] | None:
+    """The CPU's flags from /proc/cpuinfo (`path`: another copy of it); None where there is none."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        with open(path or CPUINFO, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):  # x86 / ARM spelling
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return frozenset()
+
+
+def cpu_bf16_ok() -> bool:
+    """Whether this CPU computes bf16 natively (so 'auto' picks it over fp32).
+
+    Linux: a flag in NATIVE_BF16_FLAGS. Elsewhere (no /proc/cpuinfo: macOS,
+    Windows) no: fp32 is never the slow choice, while emulated bf16 is 2-3x
+    slower than fp32; ask for --precision bf16 where you know it pays.
+    """
+    flags = cpu_flags()
+    return flags is not None and bool(flags & NATIVE_BF16_FLAGS)
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> torch.dtype:
@@ -74,13 +104,96 @@ def grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScale
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """Move to device in channels_last (faster convolutions on CPU oneDNN and CUDA)."""
-    return model.to(device=device, memory_format=torch.channels_last)
+    """Move to device in channels_last (faster convolutions on CPU oneDNN and CUDA); a model in
+    eval mode (as weights load) also becomes its inference form (`inference_form`), a model
+    in training mode (as train builds it) stays itself."""
+    model = model.to(device=device, memory_format=torch.channels_last)
+    return model if model.training else inference_form(model)
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` in eval mode, each BatchNorm2d that follows a Conv2d in a Sequential
+    folded into that convolution's weights and bias (and replaced by an Identity, so the
+    other layers keep their names). Equal to `model` in eval mode within float rounding."""
+    model = copy.deepcopy(model).eval().requires_grad_(False)
+    for seq in model.modules():
+        if isinstance(seq, torch.nn.Sequential):
+            for i in range(len(seq) - 1):
+                conv, bn = seq[i], seq[i + 1]
+                if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                    seq[i] = fuse_conv_bn_eval(conv, bn).requires_grad_(False)
+                    seq[i + 1] = torch.nn.Identity()
+    return model
+
+
+class InferenceForm(torch.nn.Module):
+    """A network for inference only: its batch norms folded (`fold_batchnorm`), and on the CPU its
+    forward a frozen TorchScript graph (`torch.jit.freeze` of a trace: oneDNN's prepacked
+    convolutions, no Python between layers). Every other attribute (decode, cfg, bins, ...)
+    is the folded network's, so it stands wherever the network does.
+
+    Under autocast (bf16) the folded network runs eagerly, as autocast does not reach into a
+    frozen graph; the graph is fp32 and serves fp32 (--precision fp32, or auto on a CPU
+    without native bf16). 224x224 tiles, one thread: eager 64, frozen 48 ms a tile
+    (docs/speed.md).
+    """
+
+    def __init__(self, net: torch.nn.Module, frozen: torch.jit.ScriptModule | None):
+        super().__init__()
+        self.net, self.frozen = net, frozen
+
+    def forward(self, l: torch.Tensor) -> torch.Tensor:
+        if self.frozen is None or torch.is_autocast_enabled(l.device.type):
+            return self.net(l)
+        return self.frozen(l)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["net"], name)
+
+
+def inference_form(model: torch.nn.Module, size: int = 224) -> InferenceForm:
+    """`model` (on its device, channels_last) as an InferenceForm; its graph is traced on one
+    `size` tile and serves any batch and tile size (the trace keeps shapes symbolic)."""
+    net = fold_batchnorm(model)
+    param = next(net.parameters(), None)
+    if param is None or param.device.type != "cpu":
+        return InferenceForm(net, None)  # CUDA: folded, eager (cuDNN picks its own kernels)
+    example = torch.rand(1, 1, size, size).contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch 2.13 marks TorchScript deprecated (for torch.compile, which needs a C++
+            # toolchain and a minute of compiling per shape on a CPU); it still runs.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            frozen = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
+    except (AttributeError, RuntimeError):  # a torch without TorchScript: the folded net as it is
+        frozen = None
+    return InferenceForm(net, frozen)
 
 
 def cpu_count() -> int:
     """The cores this process may use (its affinity, not the machine's total)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_beside_encoder() -> int:
+    """Torch's intra-op threads for a run that also encodes video on these cores: half of them,
+    at least 1 (OMP_NUM_THREADS, when set, wins).
+
+    x264 keeps about 1.5 frame threads a core busy and the decoder runs in its own
+    process; torch's OpenMP threads spin while they wait for work, so torch on every
+    core takes CPU from the encoder. 720p, preset medium, 2 cores (docs/speed.md):
+    CPU a frame 270 ms with torch on 2 threads, 202 on 1.
+    """
+    return omp_threads() or max(1, cpu_count() // 2)
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS when set to a count (Ray sets it to each worker's CPU share; a user may)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else None
 
 
 def set_cpu_threads(threads: int | None = None) -> int:
@@ -90,7 +203,6 @@ def set_cpu_threads(threads: int | None = None) -> int:
     share, and a user may), else every core this process may use.
     """
     if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(env) if env.isdigit() and int(env) > 0 else cpu_count()
+        threads = omp_threads() or cpu_count()
     torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()

@@ -64,16 +64,18 @@ class Colouriser:
     """A loaded model on its device: uint8 L tiles in, uint8 a/b planes (or colour layers) out.
 
     `shipped` names the shipped weights used when `cfg.weights` is None
-    ('default' for photos and film, 'page' for drawn pages).
+    ('default' for photos and film, 'page' for drawn pages); `threads`: torch's
+    CPU threads (None: every core; a run that also encodes video gives
+    device.threads_beside_encoder()).
     """
 
-    def __init__(self, cfg: RunConfig, shipped: str = checkpoint.DEFAULT_NAME):
+    def __init__(self, cfg: RunConfig, shipped: str = checkpoint.DEFAULT_NAME, threads: int | None = None):
         self.cfg = cfg
         if cfg.decode is not None and cfg.decode not in DECODES:
             raise PipelineError(f"unknown decode {cfg.decode!r} (use {', '.join(DECODES)})")
         # CheckpointError and DeviceError are ColourbatchErrors (exit 2): they leave as they are.
         model, self.metadata, self.weights = load_weights(cfg.weights, cfg.model, shipped)
-        self.device, self.dtype = open_device(cfg.device, cfg.precision)
+        self.device, self.dtype = open_device(cfg.device, cfg.precision, threads)
         self.model_name = checkpoint.model_config(model)[0]
         self.model = prepare_model(model, self.device).eval()
         self.pin = self.device.type == "cuda"

@@ -44,3 +44,86 @@ def test_threads_follow_omp_num_threads_when_set(monkeypatch):
         assert set_cpu_threads(1) == 1
     finally:
         torch.set_num_threads(before)
+
+
+CPUINFO_HEAD = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)\n"
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse avx2 avx512f avx512_vnni", False),   # emulated bf16 (oneDNN says yes anyway)
+    ("fpu avx2 avx512f avx512_bf16", True),       # Cooper Lake, Zen 4
+    ("fpu avx512f amx_bf16 amx_tile", True),      # Sapphire Rapids
+])
+def test_auto_picks_bf16_only_where_the_cpu_has_it_natively(tmp_path, monkeypatch, flags, native):
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO_HEAD + f"flags\t\t: {flags}\nbogomips\t: 4000\n\n"
+                    + CPUINFO_HEAD.replace(": 0", ": 1") + f"flags\t\t: {flags}\n")
+    monkeypatch.setattr(device, "CPUINFO", str(info))
+    cpu = torch.device("cpu")
+    assert device.cpu_bf16_ok() is native
+    assert device.resolve_precision(cpu, "auto") == (torch.bfloat16 if native else torch.float32)
+    assert device.resolve_precision(cpu, "bf16") == torch.bfloat16  # asked for: given, native or not
+    assert device.resolve_precision(cpu, "fp32") == torch.float32
+
+
+def test_auto_is_fp32_where_the_cpu_flags_cannot_be_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(device, "CPUINFO", str(tmp_path / "absent"))  # macOS, Windows
+    assert device.cpu_flags() is None and not device.cpu_bf16_ok()
+    assert device.resolve_precision(torch.device("cpu"), "auto") == torch.float32
+
+
+def _with_trained_statistics(net):
+    """`net` in eval mode with batch-norm statistics and affines unlike a fresh network's: means
+    off zero, variances 0.05 to 4. (Not the near-dead channels of trained weights, gains up to
+    90: fifty such random layers in a row amplify any rounding into noise.)"""
+    gen = torch.Generator().manual_seed(3)
+    for bn in net.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
+            bn.running_var.copy_(0.05 + torch.rand(n, generator=gen) * 4)
+            bn.weight.data.copy_(0.2 + torch.rand(n, generator=gen) * 0.3)
+            bn.bias.data.copy_(torch.randn(n, generator=gen) * 0.2)
+    return net.eval()
+
+
+@pytest.mark.parametrize("name", ["default", "page"])
+def test_inference_form_colours_as_the_network_does(name):
+    from colourbatch.model import build_model, model_input, predict_ab8, predict_layer8
+
+    torch.manual_seed(0)
+    net = _with_trained_statistics(build_model(name))
+    fast = device.prepare_model(net, torch.device("cpu"))
+    assert isinstance(fast, device.InferenceForm) and fast.frozen is not None
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert fast.cfg == net.cfg and torch.equal(fast.bins, net.bins)
+    for batch, size in ((3, 224), (2, 96)):  # traced on one 224 tile: any batch, any size
+        l8 = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8)
+        with torch.inference_mode():
+            want, got = net(model_input(l8)), fast(model_input(l8))
+            assert got.shape == want.shape
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+            ab_want, ab_got = predict_ab8(net, l8), predict_ab8(fast, l8)
+            assert (ab_want.int() - ab_got.int()).abs().max() <= 1  # a rounding edge at most
+            assert (ab_want != ab_got).float().mean() < 1e-3
+            if name == "page":
+                assert (predict_layer8(net, l8).int() - predict_layer8(fast, l8).int()).abs().max() <= 1
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(model_input(l8)).dtype == torch.bfloat16  # bf16 asked for: the eager folded net
+
+
+def test_a_model_in_training_stays_trainable():
+    from colourbatch.model import build_model
+
+    net = build_model("default")  # training mode, as train builds it
+    prepared = device.prepare_model(net, torch.device("cpu"))
+    assert prepared is net and any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
+
+
+def test_threads_beside_an_encoder_leave_it_half_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for cores, want in ((1, 1), (2, 1), (16, 8)):
+        monkeypatch.setattr(device, "cpu_count", lambda cores=cores: cores)
+        assert device.threads_beside_encoder() == want
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # told: as told
+    assert device.threads_beside_encoder() == 3

@@ -205,6 +205,23 @@ def test_confident_decoding_keeps_sure_colour_and_neutralises_doubt():
     assert m.certainty(mix, 1.0).item() < 0.1
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_annealed_mean_is_the_softmax_weighted_mean_of_the_bins(channels_last):
+    # Decoded in chunks of DECODE_CHUNK pixels on the CPU: 2 x 37 x 29 = 2146 pixels is 4 full
+    # chunks and a partial one; logits as wide as a trained model's (sd 2.6, peaks near 9).
+    torch.manual_seed(2)
+    m = build_model("default").eval()
+    raw = torch.randn(2, len(m.bins), 37, 29) * 3
+    raw[:, 40] += 9
+    if channels_last:
+        raw = raw.contiguous(memory_format=torch.channels_last)
+    for t in (0.38, 1.0):
+        want = (torch.softmax(raw.double().permute(0, 2, 3, 1) / t, -1) @ m.bins.double()).permute(0, 3, 1, 2)
+        got = m.decode(raw, t)
+        assert got.shape == want.shape and got.is_contiguous()
+        assert (got.double() - want).abs().max() < 1e-3  # LAB units: a thousandth of an 8-bit step
+
+
 def test_decoding_is_fp32_under_autocast():
     torch.manual_seed(1)
     m = build_model("default").eval()

@@ -3,6 +3,7 @@
     python weights/recipe.py default   # -> weights/default.pt (+ .ckpt, not shipped)
     python weights/recipe.py seed      # -> weights/seed.pt
     python weights/recipe.py finalize T  # set the default's temperature, write SHA256SUMS
+    python weights/recipe.py fp32 [SOURCE [OUT]]  # weights/default.pt that colours as well in fp32 as in bf16
     python weights/recipe.py plan        # print the held-out-source retrain (issue 12); runs nothing
     python weights/recipe.py loso SOURCE MODEL  # one run of that plan: photos/SOURCE held out whole
     python weights/page_data.py        # -> /work/data-extra/drawn (Open Clip Art colour drawings)
@@ -100,12 +101,77 @@ def page_config(resume: str | None = None) -> TrainConfig:
                   "data_manifest_sha256": file_sha256(DRAWN / "MANIFEST.tsv")})
 
 
+#: The fp32 step's schedule: steps, peak lr, warm-up, batch and tile size, seed.
+FP32_SCHEDULE = dict(steps=500, lr=1e-4, warmup=20, batch_size=16, size=176, seed=0)
+
+
+def fp32_step(source: str = "weights/default.pt", out: str = "weights/default.pt") -> None:
+    """Distil the default weights' bf16 behaviour into weights that give it in fp32.
+
+    The shipped run trained under bf16 autocast; its network amplifies rounding
+    (near-dead BatchNorm channels with gains up to 94), so fp32 inference, the
+    fast choice on a CPU without native bf16, coloured worse than bf16 did
+    (docs/quality.md). Here a copy of the network, in fp32 and training mode
+    (its BatchNorm statistics re-estimated in fp32), learns the bf16 network's
+    bin distribution (KL divergence, T = 1) on augmented training crops of the
+    shipped recipe's data and split. Deterministic on one CPU thread.
+    """
+    import copy
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from colourbatch import checkpoint
+    from colourbatch.data import make_loader, split_dataset
+    from colourbatch.model import model_input
+
+    sched = FP32_SCHEDULE
+    teacher, meta = checkpoint.load(source)
+    if "fp32_step" in meta:
+        raise SystemExit(f"{source}: already the fp32 step's output; start from the trained weights")
+    torch.manual_seed(sched["seed"])
+    torch.set_num_threads(1)
+    teacher = teacher.eval().to(memory_format=torch.channels_last)
+    student = copy.deepcopy(teacher).train()
+    data = tuple(str(DATA / d) for d in ("photos", "cutouts", "animation"))
+    ds = split_dataset(data, "train", 0.06, sched["size"], 8, sched["seed"],  # the shipped run's split
+                       augment=True)
+    loader = make_loader(ds, sched["batch_size"], 1, shuffle=True, drop_last=True)
+    opt = torch.optim.AdamW(student.parameters(), lr=sched["lr"], weight_decay=1e-4)
+    steps, warm = sched["steps"], sched["warmup"]
+    lr_at = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    step = 0
+    while step < steps:
+        for l8, _ in loader:
+            x = model_input(l8)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                target = F.log_softmax(teacher(x).float(), 1)
+            loss = F.kl_div(F.log_softmax(student(x), 1), target, log_target=True,
+                            reduction="none").sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lr_at.step()
+            step += 1
+            if step % 10 == 0:
+                show("step", {"step": step, "total": steps, "kl": round(loss.item(), 4)})
+            if step == steps:
+                break
+    meta["fp32_step"] = {"recipe": "python weights/recipe.py fp32", "source_sha256": file_sha256(source),
+                         **sched}
+    checkpoint.save(out, student.eval(), meta, half=True)
+    show("done", {"weights": out})
+
+
 #: The shipped weights files, recorded in weights/SHA256SUMS.
 SHIPPED = ("default", "seed", "page")
 
 
 def write_sums() -> None:
-    lines = [f"{file_sha256(f'weights/{n}.pt')}  {n}.pt" for n in SHIPPED]
+    # Those present: a branch without one (page.pt is made by its own run) records the rest.
+    lines = [f"{file_sha256(f'weights/{n}.pt')}  {n}.pt" for n in SHIPPED if Path(f"weights/{n}.pt").exists()]
     Path("weights/SHA256SUMS").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -136,6 +202,11 @@ def main() -> None:
         model = checkpoint.model_from_blob(blob, "weights/default.pt")
         checkpoint.save("weights/default.pt", model, blob["metadata"], half=True)
         write_sums()
+        return
+    if name == "fp32":
+        fp32_step(*sys.argv[2:4])
+        if len(sys.argv) < 4:
+            write_sums()
         return
     if name == "finalize-page":
         # python weights/recipe.py finalize-page T: the page model's decoding temperature
