@@ -59,6 +59,7 @@ from .carry import Carrier
 from .data import make_loader
 from .errors import ColourbatchError, InputError, WriteError, one_line
 from .config import VideoConfig
+from .device import threads_beside_encoder
 from .pipeline import Colouriser, RunConfig, on_ray
 from .shard import Shard, resolve as resolve_shard
 
@@ -460,7 +461,8 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
     end = vcfg.stop
     if dst.exists() and not vcfg.overwrite:  # written by someone else since the plan was made
         raise VideoError(f"{dst}: exists (pass --overwrite to replace it)")
-    colouriser = colouriser or Colouriser(run)
+    # torch on half the cores: its OpenMP threads spin and would take CPU from x264.
+    colouriser = colouriser or Colouriser(run, threads=threads_beside_encoder())
 
     estimate = info.frame_estimate(start, end)
     report = VideoReport(str(src), str(dst), frames_expected=estimate, video_fps=info.fps)
@@ -637,7 +639,8 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
         return _on_ray(plan, run, vcfg, emit, out)
     for index, job in enumerate(plan.jobs):
         if colouriser is None:
-            colouriser = Colouriser(run)  # only once a film is certain to be coloured
+            # Only once a film is certain to be coloured; torch beside x264 on half the cores.
+            colouriser = Colouriser(run, threads=threads_beside_encoder())
             emit("engine", colouriser.describe())
         emit("film", {"job": job, "index": index, "total": len(plan.jobs)})
         try:

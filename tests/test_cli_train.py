@@ -197,6 +197,6 @@ def test_evaluate_a_film_against_its_source(tmp_path, make_clip, tiny_tinted_wei
     assert still["warp_error"] == 0.0
     table = _run("evaluate", "--video", coloured, "--source", clip)
     assert table.exit_code == 0 and "warp error" in table.stdout and f"{row['warp_error']:.3f}" in table.stdout
-    alone = _run("evaluate", "--video", coloured)
-    assert alone.exit_code == 2 and "--video and --source go together" in alone.stderr
+    alone = _run("evaluate", "--source", clip)
+    assert alone.exit_code == 2 and "--source needs --video" in alone.stderr
 
