@@ -73,7 +73,7 @@ def main():
         print(f"{Path(path).name[:28]:28s} {w:>4d}x{h:<5d} {style:>6s} {100 * r['coloured']:8.1f}% "
               f"{100 * r['ink_kept']:8.2f}% {t_drawn:9.0f} {t_photo:9.0f} {t_drawn / t_photo:6.2f}")
         if args.sheet and len(rows) < 12:
-            rows.append([colour.grey_to_rgb(l8), drawn])
+            rows.append([colour.grey_to_rgb(colour.l8_to_grey(l8)), drawn])
     r = total.result()
     print(f"\n{len(pages)} pages: coloured (non-ink area, chroma > 10) median "
           f"{100 * statistics.median(coloured):.1f}%, min {100 * min(coloured):.1f}%; ink kept "

@@ -134,8 +134,9 @@ class InferenceForm(torch.nn.Module):
 
     Under autocast (bf16) the folded network runs eagerly, as autocast does not reach into a
     frozen graph; the graph is fp32 and serves fp32 (--precision fp32, or auto on a CPU
-    without native bf16). 224x224 tiles, one thread: eager 64, frozen 48 ms a tile
-    (docs/speed.md).
+    without native bf16). 224x224 tiles, one thread, 2-vCPU Xeon: eager 46.3, folded 28.9,
+    folded and frozen 31.4 ms a tile at batch 16 (`benchmarks/models.py`; the freeze pays
+    5-10 % at small batches, docs/speed.md).
     """
 
     def __init__(self, net: torch.nn.Module, frozen: torch.jit.ScriptModule | None):

@@ -453,7 +453,7 @@ def evaluate_drawn(cfg: EvalConfig, emit=None) -> dict[str, Any]:
         page = draw_page(truth, scale=page_scale(*truth.shape[:2]))
         windows, tiles = tile_page(page, "drawn")
         x = torch.from_numpy(np.stack(tiles))[:, None].to(device)
-        outs = [colour.grey_to_rgb(page)]
+        outs = [colour.grey_to_rgb(colour.l8_to_grey(page))]  # the page as it looks (L8 is not a grey level)
         with torch.inference_mode(), autocast(device, dtype):
             for _, _, model in models:
                 layers = predict_layer8(model, x, cfg.temperature).cpu().numpy()

@@ -109,16 +109,20 @@ def flat_colour(l8: np.ndarray, layer8: np.ndarray) -> np.ndarray:
     layer = colour_layer(l8, layer8)
     if layer.shape[:2] != (h, w):
         layer = cv2.resize(layer, (w, h), interpolation=cv2.INTER_LINEAR)
-    # out = grey * (1 - k) + k * layer * grey / 255, with grey the page's own sRGB grey and
-    # k = keep(L8), is per channel g(L8) + layer * s(L8) / 255: two lookup tables on the L8
-    # plane, so the full-resolution work is a few uint8 OpenCV passes.
-    v = np.arange(256, dtype=np.float32)
-    k = np.clip((v - KEEP_L8) / float(PAPER_L8 - KEEP_L8), 0.0, 1.0)
+    scaled = cv2.multiply(layer, colour.grey_to_rgb(cv2.LUT(l8, _LAYER_GAIN)), scale=1.0 / 255)
+    return cv2.add(scaled, colour.grey_to_rgb(cv2.LUT(l8, _OWN_GREY)))
+
+
+def _multiply_tables() -> tuple[np.ndarray, np.ndarray]:
+    """out = grey * (1 - k) + k * layer * grey / 255, with grey the page's own sRGB grey and
+    k = keep(L8), is per channel g(L8) + layer * s(L8) / 255: two lookup tables on the L8
+    plane (made once), so the full-resolution work is a few uint8 OpenCV passes."""
+    k = np.clip((np.arange(256, dtype=np.float32) - KEEP_L8) / float(PAPER_L8 - KEEP_L8), 0.0, 1.0)
     grey = colour.l8_to_grey(np.arange(256, dtype=np.uint8)[None])[0].astype(np.float32)
-    g = np.round(grey * (1 - k)).astype(np.uint8)
-    s = np.round(k * grey).astype(np.uint8)
-    scaled = cv2.multiply(layer, colour.grey_to_rgb(cv2.LUT(l8, s)), scale=1.0 / 255)
-    return cv2.add(scaled, colour.grey_to_rgb(cv2.LUT(l8, g)))
+    return np.round(grey * (1 - k)).astype(np.uint8), np.round(k * grey).astype(np.uint8)
+
+
+_OWN_GREY, _LAYER_GAIN = _multiply_tables()
 
 
 def colour_layer(l8: np.ndarray, layer8: np.ndarray) -> np.ndarray:
