@@ -166,6 +166,8 @@ def _check_train_state(st: Any, bad) -> None:
     rng = st["rng"]
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
         raise bad("training state 'rng' is not a CPU random generator state")
+    if "ema" in st and not _is_tensor_dict(st["ema"]):
+        raise bad("training state 'ema' is not a weight average's tensors")
 
 
 def load(path: str | os.PathLike, expect_model: str | None = None) -> tuple[nn.Module, dict[str, Any]]:

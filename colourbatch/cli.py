@@ -210,6 +210,10 @@ T = C.TrainConfig
         help="Wall-clock budget: stop cleanly and save when it runs out.")
 @option(T, "init_encoder", help="ImageNet encoder weights for models that have one: auto (installed "
                                 "package), none, or a .pth path.")
+@option(T, "encoder_lr", type=click.FloatRange(0, 1, min_open=True),
+        help="The pretrained encoder's learning rate as a share of the peak.")
+@option(T, "ema", type=click.FloatRange(0, 1, max_open=True),
+        help="Decay of a moving average of the weights, which is validated and saved (0: off).")
 @option(T, "seed", type=int, help="Data order, augmentation, initialisation.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; only errors and the final line.")
 def train(quiet, **values):

@@ -95,8 +95,9 @@ class SeedNet(nn.Module):
         return colour.ab8_to_units(raw[:, 1:].float())
 
     # ------------------------------------------------------------ recipe
-    def configure_optimizers(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        """ColourMePy's recipe: plain Adam (no weight decay)."""
+    def configure_optimizers(self, lr: float, weight_decay: float,
+                             encoder_lr: float = 1.0) -> torch.optim.Optimizer:
+        """ColourMePy's recipe: plain Adam (no weight decay; no pretrained encoder to slow)."""
         return torch.optim.Adam(self.parameters(), lr=lr)
 
     def make_loss(self, rebalance: float, sigma: float, reg_weight: float) -> Loss:
@@ -348,9 +349,18 @@ class DefaultNet(nn.Module):
         return len(enc)
 
     # ------------------------------------------------------------ recipe
-    def configure_optimizers(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        """AdamW over all parameters in one group (the group layout --resume files hold)."""
-        return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+    def configure_optimizers(self, lr: float, weight_decay: float,
+                             encoder_lr: float = 1.0) -> torch.optim.Optimizer:
+        """AdamW over all parameters; with `encoder_lr` below 1 the pretrained encoder is a
+        group of its own whose lr is that share of the peak (its `lr_scale`), so the ImageNet
+        features are adapted, not relearnt, from a few hundred pictures. One group otherwise
+        (the group layout --resume files of earlier runs hold)."""
+        if encoder_lr == 1.0:
+            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        enc = set(map(id, self.encoder.parameters()))
+        groups = [{"params": [p for p in self.parameters() if id(p) in enc], "lr_scale": encoder_lr},
+                  {"params": [p for p in self.parameters() if id(p) not in enc], "lr_scale": 1.0}]
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
     def make_loss(self, rebalance: float, sigma: float, reg_weight: float) -> Loss:
         """Rebalanced soft cross-entropy over a/b bins + L1 on the distribution's mean a/b.

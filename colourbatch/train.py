@@ -111,12 +111,27 @@ def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
             notes["encoder_init"] = how
     net = prepare_model(net, device)
     lr = cfg.lr if cfg.lr is not None else MODELS[cfg.model].lr
-    opt = net.configure_optimizers(lr, cfg.weight_decay)
+    opt = net.configure_optimizers(lr, cfg.weight_decay, cfg.encoder_lr)
+    # The moving average of the weights (when asked): what is validated and saved, while
+    # the optimiser steps the raw network. Buffers are averaged too (BatchNorm statistics).
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     if resume_blob is not None:
         ckpt.load_optimizer_state(opt, resume_blob, cfg.resume)
         if resume_blob["train"].get("world", 1) != world:
             raise TrainError(f"{cfg.resume}: was trained on {resume_blob['train']['world']} "
                              f"processes, not {world}")
+        if ema is None and "ema" in resume_blob["train"]:
+            raise TrainError(f"{cfg.resume}: was trained with --ema; resume it with the same decay")
+        if ema is not None:
+            if "ema" not in resume_blob["train"]:
+                raise TrainError(f"{cfg.resume}: was trained without --ema; resume it without")
+            try:
+                ema.load_state_dict(resume_blob["train"]["ema"])
+            except RuntimeError as exc:
+                raise TrainError(f"{cfg.resume}: its weight average does not fit ({one_line(exc)})") from None
 
     train_set = split_dataset(cfg.data, "train", cfg.val_fraction, cfg.size, cfg.crops, cfg.seed,
                               augment=True, on_skip=lambda p, why: emit("skip", {"path": p, "reason": why}),
@@ -177,7 +192,7 @@ def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
         for batch in loader:
             x8, l8, ab8 = (t.to(device, non_blocking=True) for t in split_batch(batch))
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = lr_at(step) * g.get("lr_scale", 1.0)
             with autocast(device, dtype):
                 # Forward through the (possibly DDP) wrapper so gradients are synchronised.
                 loss = loss_fn(model(model_input(x8)), l8, ab8, x8)
@@ -185,6 +200,8 @@ def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(net)
             loss_acc += loss.detach()
             acc_n += 1
             step += 1
@@ -212,12 +229,12 @@ def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
                 acc_n = 0
                 last_log_t, last_log_seen = now, seen
             if main and (step % cfg.val_every == 0 or last):
-                metrics = evaluate_model(net, val_loader, device, dtype,
+                metrics = evaluate_model(ema.module if ema is not None else net, val_loader, device, dtype,
                                          max_images=None if last else cfg.val_images)["model"]
                 emit("eval", {"step": step, **metrics})
             if main and (step % cfg.ckpt_every == 0 or last):
                 _save(cfg, net, opt, step, seen, world, elapsed_before + time.monotonic() - t0,
-                      metrics, out, ck_path, notes, len(train_set), len(val_set))
+                      metrics, out, ck_path, notes, len(train_set), len(val_set), ema)
                 emit("checkpoint", {"step": step, "path": str(ck_path), "weights": str(out)})
             if last:
                 stopped_early = over_time and step < total
@@ -238,7 +255,7 @@ def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
     return result
 
 
-def _save(cfg, net, opt, step, seen, world, seconds, metrics, out, ck_path, notes, n_train, n_val):
+def _save(cfg, net, opt, step, seen, world, seconds, metrics, out, ck_path, notes, n_train, n_val, ema=None):
     meta = {"colourbatch": __version__, "data": [str(p) for p in cfg.data], "steps": step,
             "images_seen": seen, "train_images": n_train, "val_images": n_val,
             "batch_size": cfg.batch_size * world, "seconds": round(seconds, 1),
@@ -247,8 +264,11 @@ def _save(cfg, net, opt, step, seen, world, seconds, metrics, out, ck_path, note
                              for k, v in asdict(cfg).items() if k != "metadata"}}
     state = {"optimizer": opt.state_dict(), "step": step, "seen": seen, "world": world,
              "rng": torch.get_rng_state(), "seconds": seconds}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     ckpt.save(ck_path, net, meta, train_state=state)
-    ckpt.save(out, net, meta, half=True)
+    # The weights file holds the average: what was validated is what pages and video use.
+    ckpt.save(out, ema.module if ema is not None else net, meta, half=True)
 
 
 def _check_resume(cfg: TrainConfig, blob: dict[str, Any]) -> None:

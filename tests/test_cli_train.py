@@ -56,6 +56,19 @@ def test_train_resume_takes_the_checkpoints_model(kaggle_dir, tmp_path):
     assert checkpoint.read(f"{out}.ckpt")["train"]["step"] == 4
 
 
+def test_train_ema_writes_the_average_and_resume_must_keep_it(kaggle_dir, tmp_path):
+    out = tmp_path / "e.pt"
+    r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 2, "--ema", 0.9, *TINY)
+    assert r.exit_code == 0, r.output
+    blob = checkpoint.read(f"{out}.ckpt")
+    assert "ema" in blob["train"] and checkpoint.read(out)["metadata"]["train_config"]["ema"] == 0.9
+    r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 4, "--resume", f"{out}.ckpt", *TINY)
+    assert r.exit_code == 2 and "trained with --ema" in r.stderr, r.output
+    # A decay of 1 would never move from the first weights: refused by the option itself.
+    r = _run("train", "--data", kaggle_dir, "--out", tmp_path / "f.pt", "--steps", 2, "--ema", 1, *TINY)
+    assert r.exit_code == 2 and "Invalid value for '--ema'" in r.output
+
+
 @pytest.mark.parametrize("case, message", [
     ("bad_kaggle", "do not pair"),
     ("missing", "no such file or folder"),

@@ -359,3 +359,51 @@ def test_a_page_model_trains_on_drawn_pictures_through_the_one_loop(tmp_path, mo
     model, meta = checkpoint.load(out)
     assert isinstance(model, model_table.PageNet) and model.drawn
     assert checkpoint.read(out)["model"] == "page" and meta["train_config"]["model"] == "page"
+
+
+def test_ema_saves_the_average_and_resumes_to_the_same_weights(kaggle_dir, tmp_path):
+    kw = dict(steps=8, ckpt_every=4, lr=1e-2, ema=0.5)
+    with within(120):
+        train(_cfg([kaggle_dir], tmp_path / "a.pt", **kw), _Events())
+    with within(120), pytest.raises(_Stop):
+        train(_cfg([kaggle_dir], tmp_path / "b.pt", **kw), _Events(stop_at_checkpoint=4))
+    ck = tmp_path / "b.pt.ckpt"
+    assert "ema" in checkpoint.read(ck)["train"]
+    with within(120):
+        train(_cfg([kaggle_dir], tmp_path / "b.pt", resume=str(ck), **kw), _Events())
+    raw = checkpoint.read(tmp_path / "a.pt.ckpt")["state"]
+    avg_a = checkpoint.read(tmp_path / "a.pt")["state"]
+    avg_b = checkpoint.read(tmp_path / "b.pt")["state"]
+    moved = 0
+    for k, v in raw.items():
+        if not v.is_floating_point():
+            continue
+        # The weights file is the average, not the raw network the optimiser stepped ...
+        moved += not torch.allclose(avg_a[k].float(), v, atol=1e-3)
+        # ... and a resumed run averages on from where it stopped, to the same weights.
+        assert torch.allclose(avg_a[k].float(), avg_b[k].float(), atol=1e-3), k
+    ema_a = checkpoint.read(tmp_path / "a.pt.ckpt")["train"]["ema"]
+    ema_b = checkpoint.read(ck)["train"]["ema"]
+    for k, v in ema_a.items():  # exactly, in fp32: the average's history came through the resume
+        assert torch.allclose(v.float(), ema_b[k].float(), rtol=1e-5, atol=1e-7), k
+    assert moved > 0
+    # Nor is it the network it started from: it follows the training.
+    torch.manual_seed(0)  # the run's own seed, so the same initial weights
+    first = model_table.build_model("seed").state_dict()
+    assert any(not torch.allclose(avg_a[k].float(), first[k].float(), atol=1e-3)
+               for k in first if first[k].is_floating_point())
+    # A run without --ema cannot resume an averaged one (its weights file would change meaning).
+    with pytest.raises(TrainError, match="ema"):
+        train(_cfg([kaggle_dir], tmp_path / "c.pt", resume=str(ck), steps=8))
+
+
+def test_encoder_lr_gives_the_encoder_its_share_of_the_peak(kaggle_dir, tmp_path):
+    with within(120):
+        train(_cfg([kaggle_dir], tmp_path / "d.pt", model="default", steps=2, size=32, lr=1e-3,
+                   encoder_lr=0.1), _Events())
+    groups = checkpoint.read(tmp_path / "d.pt.ckpt")["train"]["optimizer"]["param_groups"]
+    enc, rest = groups
+    assert [g["lr_scale"] for g in groups] == [0.1, 1.0]
+    assert enc["lr"] == pytest.approx(0.1 * rest["lr"]) and rest["lr"] > 0
+    net = model_table.build_model("default")
+    assert len(enc["params"]) == len(list(net.encoder.parameters()))
