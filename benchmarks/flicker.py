@@ -16,7 +16,8 @@ A colour --input is coloured from its L; the source's own colour then gives
 the floor (its warp error), the colourfulness ratio and the a/b PSNR.
 
     python benchmarks/flicker.py [--input examples/video/chaplin.mp4 --frames 100]
-                                 [--weights weights/default.pt] [--stability 0.8]
+                                 [--weights weights/default.pt] [--stability 0.95] [--reach 16]
+    python benchmarks/flicker.py --pipeline 720     # the stabiliser's share of the whole pipeline
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def frames_of(path: Path, limit: int):
             yield f.to_ndarray(format="rgb24")
 
 
-def stage_ms(src: Path, frames: int, stability: float, weights: str | None) -> tuple[float, float]:
+def stage_ms(src: Path, frames: int, stability: float, reach: int, weights: str | None) -> tuple[float, float]:
     """(model ms, stabiliser ms) per frame on the film's real tiles, each stage alone: stable
     numbers where the pipeline's frames/s swing with other work on the machine."""
     import torch
@@ -92,10 +93,50 @@ def stage_ms(src: Path, frames: int, stability: float, weights: str | None) -> t
     t = time.perf_counter()
     ab = np.concatenate([engine.predict(torch.from_numpy(tiles[i:i + 16])) for i in range(0, len(tiles), 16)])
     model = time.perf_counter() - t
-    stab = Stabiliser(stability)
+    stab = Stabiliser(stability, reach)
     t = time.perf_counter()
-    stab(tiles, ab)
+    stab.feed(tiles, ab)
+    stab.finish()
     return model * 1000 / len(tiles), (time.perf_counter() - t) * 1000 / len(tiles)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads: the model, the stabiliser, the encoder) and of
+    its finished children (the decode worker)."""
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def pipeline_cost(height: int, stability: float, reach: int, weights: str | None, repeat: int = 3) -> None:
+    """The whole pipeline (decode, model, stabiliser, x264 at its defaults) on a synthetic clip
+    of `height` lines, stabiliser off and on, alternating after a warm-up run: CPU ms a frame
+    and wall-clock frames/s, each run's and the medians."""
+    from colourbatch.config import VideoConfig
+    from colourbatch.pipeline import Colouriser, RunConfig
+    from colourbatch.video import colour_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = make_clip(Path(tmp) / "clip.mkv", width=height * 16 // 9, height=height)
+        run = RunConfig(weights=weights, workers=1)
+        engine = Colouriser(run)
+        cpu: dict[float, list[float]] = {0.0: [], stability: []}
+        fps: dict[float, list[float]] = {0.0: [], stability: []}
+        for i in range(repeat):
+            for s in (0.0, stability) if i else (0.0, 0.0, stability):  # the first run warms up
+                t = cpu_seconds()
+                rep = colour_video(src, Path(tmp) / "out.mp4", run,
+                                   VideoConfig(stability=s, reach=reach, overwrite=True), colouriser=engine)
+                cpu[s].append((cpu_seconds() - t) * 1000 / rep.frames_out)
+                fps[s].append(rep.fps)
+        cpu[0.0], fps[0.0] = cpu[0.0][1:], fps[0.0][1:]
+        for s in (0.0, stability):
+            print(f"{height}p pipeline, stability {s:.2f}: CPU ms a frame "
+                  f"{' / '.join(f'{v:.0f}' for v in cpu[s])}, frames/s {' / '.join(f'{v:.1f}' for v in fps[s])}")
+        off, on = float(np.median(cpu[0.0])), float(np.median(cpu[stability]))
+        print(f"medians: CPU ms a frame {off:.0f} off, {on:.0f} on ({100 * (on - off) / off:+.0f} %); "
+              f"frames/s {np.median(fps[0.0]):.1f} off, {np.median(fps[stability]):.1f} on")
 
 
 def main() -> None:
@@ -104,7 +145,11 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100, help="frames of --input to colour")
     ap.add_argument("--weights", default=None, help="weights file (default: the shipped weights)")
     ap.add_argument("--stability", type=float, default=None, help="stability on (default: VideoConfig's)")
+    ap.add_argument("--reach", type=int, default=None, help="stabiliser's reach (default: VideoConfig's)")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--pipeline", type=int, metavar="HEIGHT",
+                    help="instead: the whole pipeline's cost (x264) with the stabiliser off and on, "
+                         "on a synthetic clip of this height (720)")
     args = ap.parse_args()
 
     from colourbatch import media
@@ -114,6 +159,10 @@ def main() -> None:
     from colourbatch.video import colour_video
 
     on = VideoConfig().stability if args.stability is None else args.stability
+    reach = VideoConfig().reach if args.reach is None else args.reach
+    if args.pipeline:
+        pipeline_cost(args.pipeline, on, reach, args.weights)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = args.input or make_clip(tmp / "pan-zoom-cut.mkv")
@@ -128,7 +177,8 @@ def main() -> None:
         rows = {}
         for stability in (0.0, on):
             dst = tmp / f"out-{stability}.mkv"
-            rep = colour_video(src, dst, run, VideoConfig(codec="ffv1", stability=stability, duration=duration),
+            rep = colour_video(src, dst, run, VideoConfig(codec="ffv1", stability=stability, reach=reach,
+                                                                duration=duration),
                                colouriser=engine)
             score = evaluate_video(dst, src, limit=rep.frames_out)
             rows[stability] = error = score.warp_error
@@ -137,7 +187,7 @@ def main() -> None:
                   + (f"   {score.source_warp_error:.3f} ({error / score.source_warp_error:.2f}x), "
                      f"{score.colourfulness_ratio:.2f}, {score.psnr_ab:.2f} dB"
                      if score.source_warp_error is not None else ""))
-        model, stab = stage_ms(Path(src), frames, on, args.weights)
+        model, stab = stage_ms(Path(src), frames, on, reach, args.weights)
         print(f"alone, ms a frame: model {model:.1f} ({engine.describe()['precision']}), "
               f"stabiliser {stab:.2f} (+{100 * stab / model:.0f} % of the model's time)")
 

@@ -362,8 +362,12 @@ def _time(ctx, param, value):
 @option(V, "duration", callback=_time, metavar="TIME", help="Colour this long from --start (instead of --end).")
 @option(V, "compare", is_flag=True, help="Write grey | colour side by side (default name <name>.compare.mp4).")
 @option(V, "stability", type=click.FloatRange(0, 1, max_open=True),
-        help="Hold colour still along the motion: weight of the previous frame's colour where it is "
-             "tracked (reset at scene cuts); 0 = each frame on its own.")
+        help="Hold colour still along the motion: each frame's colour is averaged with its neighbours' "
+             "moved onto it, a neighbour's weight falling by this factor a frame (and to nothing where "
+             "the motion is not tracked or at a scene cut); 0 = each frame on its own.")
+@option(V, "reach", type=click.IntRange(0, C.MAX_REACH), metavar="FRAMES",
+        help="Frames either side of each frame (before and ahead) whose colour the stabiliser averages "
+             "in: centred, so colour that really changes is followed without lag; 0 = off.")
 @run_options
 @click.pass_context
 def video(ctx, inputs, output, quiet, **values):

@@ -34,6 +34,9 @@ VAL_FRACTION = 0.05
 #: confidently wrong); 'confident' = that mean with its chroma scaled by the
 #: distribution's certainty, so regions the model is unsure of stay near neutral.
 DECODES = ("annealed", "confident")
+#: Most frames the colour stabiliser may reach either side (--reach): the video path holds that
+#: many full-resolution luma planes while it looks ahead (a second of 4K film is 200 MB).
+MAX_REACH = 25
 
 
 class BadTime(UsageError):
@@ -113,7 +116,8 @@ class VideoConfig(EncodeSettings):
     overwrite: bool = False        # replace an existing output file
     queue_batches: int = 2         # model->writer queue depth in batches: bounds memory, enough to overlap
     grey_samples: int = 5          # frames sampled (spread over the film) for grey detection
-    stability: float = 0.8         # blend weight of the motion-warped previous colour where the warp is trusted; 0 = off (per-frame colour crawls)
+    stability: float = 0.95        # weight a neighbouring frame's motion-warped colour keeps per frame of distance where the warp is trusted; 0 = off (per-frame colour crawls)
+    reach: int = 16                # frames either side a frame's colour is averaged over (the output runs this many behind): centred, so colour that really changes is followed without lag
 
     def __post_init__(self) -> None:
         for name in ("start", "end", "duration"):
@@ -124,6 +128,8 @@ class VideoConfig(EncodeSettings):
             raise BadTime("give --end or --duration, not both")
         if not (isinstance(self.stability, (int, float)) and 0 <= self.stability < 1):
             raise UsageError(f"--stability must be at least 0 and below 1, not {self.stability!r}")
+        if not (isinstance(self.reach, int) and 0 <= self.reach <= MAX_REACH):
+            raise UsageError(f"--reach must be a whole number of frames from 0 to {MAX_REACH}, not {self.reach!r}")
         stop = self.stop
         if stop is not None and stop <= (self.start or 0):
             raise BadTime(f"--end ({stop:g}s) must be after --start ({self.start or 0:g}s)")

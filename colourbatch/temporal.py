@@ -14,14 +14,18 @@ a/b planes the engine already has (pure numpy/OpenCV, no torch, no PyAV):
   its steady scores are no cut, and a candidate that the previous frame moved
   along the optical flow explains (a still camera starting to pan) is vetoed by
   the caller that has the flow. L, not HSV: a grey film has no hue to differ.
-* `Stabiliser`: the video path's a/b after the model, frame by frame in
-  display order: the previous frame's stabilised a/b warped onto the current
-  frame along DIS optical flow between their L tiles, blended with the new
-  prediction by `strength` times a trust weight (forward-backward flow
-  consistency, the warped L's photometric error, inside the frame); reset at
-  every cut and on flat frames (a fade through black), so no colour crosses a
-  shot change. It holds only the previous tile and its a/b: memory is bounded,
-  and batches of any size give the same output.
+* `Stabiliser`: the video path's a/b after the model, in display order: each
+  frame's a/b is a weighted average of the predictions of the frames of its
+  shot up to `reach` frames behind and ahead, each moved onto it along DIS
+  optical flow between their L planes, weighted by distance, by a trust in
+  the warp (forward-backward flow consistency, the warped L's photometric
+  error) and by colour agreement (so a moving object's colour does not trail
+  over the background it uncovers). The window is centred, so colour that
+  really changes is followed without lag; it looks ahead, so a frame's a/b
+  leave `reach` frames after its prediction came in. A cut or a flat frame (a
+  fade through black) ends a shot: no colour crosses it either way. It holds
+  the current shot's last 2 reach + 1 frames (small planes): memory is
+  bounded, and batches of any size give the same output.
 * `WarpError`: the warp error of Lai et al. (ECCV 2018), the metric that
   measures flicker (formula in its docstring).
 """
@@ -33,6 +37,8 @@ from typing import Callable
 
 import cv2
 import numpy as np
+
+from .config import VideoConfig
 
 #: Side of the luma thumbnail cut scores are computed on: coarse enough that noise and small
 #: motion average out, fine enough that two different shots differ.
@@ -92,20 +98,38 @@ class CutDetector:
 
 
 # ------------------------------------------------------------------ stabiliser
-#: DIS preset for the stabiliser's flow between 224 tiles: FAST costs 1.0 ms a flow on one core
-#: here (ULTRAFAST 0.5 ms) and tracks fast motion better: warp error vs off 0.46 against 0.51 on
-#: bikes.mp4, 0.44 against 0.46 on chaplin.mp4 (benchmarks/RESULTS-flicker.md). Two flows a frame.
-FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_FAST
+#: DIS preset and plane side of the stabiliser's flow (two flows a frame, between the L tiles
+#: averaged down to FLOW_SIDE): MEDIUM at 128 costs 1.6 ms a flow on one core here, FAST at the
+#: full 224 1.05 ms, and MEDIUM tracks better: bikes.mp4's warp error 0.40 against 0.46 (offline
+#: on the model's a/b, reach 12; the whole stabiliser 5.5 against 5.9 ms a frame).
+FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+FLOW_SIDE = 128
 #: Forward-backward consistency (Sundaram et al. 2010): a pixel is visible in both frames when
-#: |f + b|^2 < FB_RELATIVE (|f|^2 + |b|^2) + FB_ABSOLUTE (pixels^2).
+#: |f + b|^2 < FB_RELATIVE (|f|^2 + |b|^2) + FB_ABSOLUTE (pixels^2). The metric's test, and the
+#: one that decides whether motion explains a cut candidate.
 FB_RELATIVE = 0.01
 FB_ABSOLUTE = 0.5
-#: Photometric error of the warped L (8-bit levels) at which the trust falls to 1/e: a lighting
-#: change or a mis-tracked edge lets the new prediction through.
+#: Photometric error of the warped L (8-bit levels) at which the metric's trust falls to 1/e.
 PHOTO_SIGMA = 12.0
-#: Mean trust (0..1) above which the previous frame, moved along the flow, explains the current
-#: one: a cut candidate that is really motion (a pan starting) is then no cut.
+#: Mean trust (0..1, the metric's) above which the previous frame, moved along the flow,
+#: explains the current one: a cut candidate that is really motion (a pan starting) is no cut.
 MOTION_TRUST = 0.5
+#: The stabiliser's own, looser consistency test and photometric scale: its coarser flow fails
+#: the strict test where the metric's finer one holds (motion blur, bokeh), and such pixels
+#: carried 39 % of bikes.mp4's warp error; the photometric term and the colour agreement below
+#: still stop a wrong warp. Offline at 0.95, reach 12: bikes.mp4 0.52 (strict) -> 0.40, vtest
+#: 0.102 -> 0.095, colourfulness and a/b PSNR unchanged.
+TRUST_FB = (0.05, 2.0)
+TRUST_SIGMA = 25.0
+#: Colour agreement: a neighbour's colour, moved onto a frame, whose a/b differ from the frame's
+#: prediction by more than GATE_FREE (|da| + |db|, LAB units) loses weight as
+#: exp(-((gap - GATE_FREE) / GATE_SCALE)^2). DIS smooths the flow across a moving object's edge,
+#: so the band it uncovers passes both tests above and would trail the object's colour (a
+#: textured square of a far colour crossing a background: error there 8.2 against the per-frame
+#: 2.3, tests/test_temporal.py); the model's own flicker mostly differs by less (bikes.mp4's
+#: warp error, offline: 0.364 without, 0.372 with this, 0.40 at 30/16, 0.47 at 20/16).
+GATE_FREE = 40.0
+GATE_SCALE = 20.0
 
 
 def flow(dis, frm: np.ndarray, to: np.ndarray) -> np.ndarray:
@@ -132,6 +156,30 @@ def warp(img: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return cv2.remap(img, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+class Pull:
+    """Where each pixel of frame `cur` lies in frame `prev`, and how far to trust what is found
+    there, from the flows both ways (`fwd` = flow(cur, prev), `bwd` = flow(prev, cur))."""
+
+    def __init__(self, cur: np.ndarray, prev: np.ndarray, fwd: np.ndarray, bwd: np.ndarray):
+        self.fwd, self.bwd = fwd, bwd
+        h, w = fwd.shape[:2]
+        self.coords = _grid(h, w) + fwd
+        back = warp(bwd, self.coords)
+        self.gap = _norm2(fwd + back)
+        self.size = _norm2(fwd) + _norm2(back)
+        c = self.coords
+        self.inside = (c[..., 0] >= 0) & (c[..., 0] <= w - 1) & (c[..., 1] >= 0) & (c[..., 1] <= h - 1)
+        self.photo = np.abs(cur.astype(np.float32) - warp(prev, c).astype(np.float32))
+
+    def visible(self, relative: float = FB_RELATIVE, absolute: float = FB_ABSOLUTE) -> np.ndarray:
+        """Float mask of the pixels whose flow is consistent both ways and lands inside `prev`."""
+        return ((self.gap < relative * self.size + absolute) & self.inside).astype(np.float32)
+
+    def trust(self, fb: tuple[float, float] = (FB_RELATIVE, FB_ABSOLUTE), sigma: float = PHOTO_SIGMA) -> np.ndarray:
+        """visible * exp(-(|cur - warp(prev)| / sigma)^2), 0..1."""
+        return self.visible(*fb) * np.exp(-(self.photo / sigma) ** 2)
+
+
 def visibility(fwd: np.ndarray, bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(coords, visible): where each pixel of frame t lies in frame t-1, and a float mask of the
     pixels whose flow is consistent forward and backward and lands inside the frame.
@@ -139,98 +187,212 @@ def visibility(fwd: np.ndarray, bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray
     `fwd` maps t -> t-1 (flow(t, t-1)), `bwd` maps t-1 -> t.
     """
     h, w = fwd.shape[:2]
-    coords = _grid(h, w) + fwd
-    back = warp(bwd, coords)
-    gap = _norm2(fwd + back)
-    size = _norm2(fwd) + _norm2(back)
-    inside = ((coords[..., 0] >= 0) & (coords[..., 0] <= w - 1)
-              & (coords[..., 1] >= 0) & (coords[..., 1] <= h - 1))
-    return coords, ((gap < FB_RELATIVE * size + FB_ABSOLUTE) & inside).astype(np.float32)
+    flat = np.zeros((h, w), np.uint8)  # no pictures: only the flows' consistency counts
+    pull = Pull(flat, flat, fwd, bwd)
+    return pull.coords, pull.visible()
 
 
 def track(dis, cur: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(coords, visible, trust) of uint8 L planes `cur` and `prev` (same size): where each pixel
     of `cur` lies in `prev` (DIS flow), the forward-backward visibility mask, and the trust
     (0..1) in `prev` moved there: visible * exp(-(|cur - warp(prev)| / PHOTO_SIGMA)^2)."""
-    coords, visible = visibility(flow(dis, cur, prev), flow(dis, prev, cur))
-    photo = np.abs(cur.astype(np.float32) - warp(prev, coords).astype(np.float32))
-    return coords, visible, visible * np.exp(-(photo / PHOTO_SIGMA) ** 2)
+    pull = Pull(cur, prev, flow(dis, cur, prev), flow(dis, prev, cur))
+    return pull.coords, pull.visible(), pull.trust()
+
+
+def _at(pull: Pull, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(coords, the stabiliser's trust) of a flow-plane Pull, at the a/b size `shape`."""
+    trust = pull.trust(TRUST_FB, TRUST_SIGMA)
+    coords, plane = pull.coords, trust.shape
+    h, w = shape
+    if (h, w) != plane:
+        trust = cv2.resize(trust, (w, h), interpolation=cv2.INTER_AREA)
+        scale = np.array([w / plane[1], h / plane[0]], np.float32)
+        moved = cv2.resize(coords - _grid(*plane), (w, h), interpolation=cv2.INTER_AREA)
+        coords = _grid(h, w) + moved * scale
+    return coords, trust
+
+
+def _flow_plane(tile: np.ndarray) -> np.ndarray:
+    """The L tile averaged down to FLOW_SIDE (smaller tiles as they are), contiguous."""
+    if min(tile.shape) > FLOW_SIDE:
+        return cv2.resize(np.ascontiguousarray(tile), (FLOW_SIDE, FLOW_SIDE), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(tile)
+
+
+class _Frame:
+    """A frame of the current shot the stabiliser holds: its prediction and weight as 3 planes
+    (a, b, 1), and its pulls (coords, trust at the a/b size) into the frame before (None for a
+    shot's first) and the frame after (None until that one arrives)."""
+
+    __slots__ = ("here", "back", "ahead")
+
+    def __init__(self, here: np.ndarray, back: tuple[np.ndarray, np.ndarray] | None):
+        self.here, self.back = here, back
+        self.ahead: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _carry(acc: np.ndarray, pull: tuple[np.ndarray, np.ndarray], here: np.ndarray) -> np.ndarray:
+    """`acc` (sums of a, b, weight) moved one frame along `pull` (coords, trust) onto the frame
+    whose prediction is `here`, weighted by the trust and by how well its colour agrees."""
+    coords, trust = pull
+    moved = warp(acc, coords)
+    mean = moved[..., :2] / np.maximum(moved[..., 2:], 1e-6)
+    gap = np.abs(mean[..., 0] - here[..., 0]) + np.abs(mean[..., 1] - here[..., 1])
+    trust = trust * np.exp(-(np.maximum(gap - GATE_FREE, 0) / GATE_SCALE) ** 2)
+    return trust[..., None] * moved
+
+
+def _fold(frames, link: str, weights: np.ndarray) -> np.ndarray:
+    """Sum of `frames` (farthest from the target first), frame i weighted by weights[i] and moved
+    along the chain of `link` pulls one frame nearer at each step (`_carry`)."""
+    acc = None
+    for frame, weight in zip(frames, weights):
+        if acc is None:
+            acc = weight * frame.here
+        else:
+            acc = weight * frame.here + _carry(acc, getattr(frame, link), frame.here)
+    return acc
 
 
 class Stabiliser:
     """a/b that holds still along motion: feed each film's frames in display order.
 
-    `__call__(tiles, ab)` takes a batch of uint8 L tiles (B, S, S) and the
-    model's uint8 a/b (B, 2, h, w) and returns the stabilised a/b, same shape.
-    For each frame after the first of a shot:
+    `feed(tiles, ab)` takes a batch of uint8 L tiles (B, S, S) and the model's
+    uint8 a/b (B, 2, h, w) and returns the stabilised a/b of the frames that
+    are final (M, 2, h, w), oldest first: a frame is final once `reach`
+    frames of its shot follow it, or its shot has ended (a cut). `finish()`
+    returns the rest at the film's end. Output t is a weighted average of the
+    predictions p_k of its shot within `reach` frames either side, each
+    moved onto frame t along the DIS flow between their L tiles:
 
-        trust = visible * exp(-(|L_t - warp(L_t-1)| / PHOTO_SIGMA)^2)   (at tile size,
-                then averaged down to the a/b size)
-        ab_t  = strength * trust * warp(ab_t-1) + (1 - strength * trust) * prediction_t
+        ab_t = sum_k w_tk warp_k->t(p_k) / sum_k w_tk,   |k - t| <= reach,
+        w_tt = 1,  w_tk = strength^|k - t| * prod over the frame pairs between k and t of
+                          (trust * agreement)
 
-    where warp follows DIS flow from tile t to tile t-1 and ab_t-1 is the
-    previous frame's stabilised a/b (kept in float, so no rounding drifts).
-    A cut (its own CutDetector, candidates vetoed where the mean trust is
-    MOTION_TRUST or more) or a flat frame starts afresh: ab_t is the
-    prediction, exactly. strength 0 turns the blending off (cuts still
-    counted, alike). Deterministic; state is the previous tile and a/b only.
+    trust = the pair's forward-backward visibility (TRUST_FB) times
+    exp(-(|L - warp(L)| / TRUST_SIGMA)^2), on FLOW_SIDE planes averaged down to
+    the a/b size; agreement = 1 while the colour carried so far is within
+    GATE_FREE of the frame's own prediction, falling off beyond. The chain of
+    warps is folded pair by pair (one remap a frame a side). Where the camera
+    and the scene hold still every weight is near strength^|k - t| and the
+    average spans 2 reach + 1 frames; where the warp fails (new content, an
+    occluder, a change of light) the weights vanish and the prediction shows
+    through. The window is centred, so colour that really changes along the
+    motion (the model's colour growing as a figure rides in) is followed
+    without lag, as a causal average cannot, and it is twice as wide for the
+    same reach back: on bikes.mp4 (offline, FAST flow) a causal average at
+    0.95 leaves a warp error of 0.80, this window 12 a side 0.46.
+
+    A cut (its own CutDetector, candidates vetoed where the metric's mean
+    trust is MOTION_TRUST or more) or a flat frame (a fade through black) ends
+    a shot: no colour crosses it either way, and the frames before it are
+    final at once. strength 0 returns the prediction exactly, with no lag
+    (cuts still counted, alike). Deterministic: batches of any size give the
+    same output. Holds at most 2 reach + 1 frames (tiles' pulls and a/b
+    planes at the model's size).
     """
 
-    def __init__(self, strength: float, detector: CutDetector | None = None):
+    def __init__(self, strength: float, reach: int = VideoConfig.reach, detector: CutDetector | None = None):
         if not 0.0 <= strength < 1.0:
             raise ValueError(f"stability must be in [0, 1), not {strength!r}")
+        if reach < 0:
+            raise ValueError(f"reach must be 0 or more, not {reach!r}")
         self.strength = float(strength)
+        self.reach = int(reach) if strength > 0 else 0
+        self.weights = self.strength ** np.arange(self.reach + 1, dtype=np.float32)  # by distance
         self.detector = detector or CutDetector()
         # Also with strength 0: the flow tells a pan that starts from a cut (see CutDetector.update).
         self.dis = cv2.DISOpticalFlow_create(FLOW_PRESET)
         self.prev_tile: np.ndarray | None = None
-        self.prev_ab: np.ndarray | None = None  # (h, w, 2) float32, the last output
-        self._motion: tuple | None = None  # this frame's track() against the previous one
+        self.shot: deque[_Frame] = deque()  # the current shot's frames within reach, oldest first
+        self.done = 0  # how many of them (the oldest) were returned already
+        self.ab_shape: tuple[int, ...] = (2, 0, 0)  # the a/b planes' shape, for empty results
 
     @property
     def cuts(self) -> int:
         return self.detector.cuts
 
-    def __call__(self, tiles: np.ndarray, ab: np.ndarray) -> np.ndarray:
-        out = np.empty_like(ab)
+    @property
+    def pending(self) -> int:
+        """Frames fed and not yet returned."""
+        return len(self.shot) - self.done
+
+    def feed(self, tiles: np.ndarray, ab: np.ndarray) -> np.ndarray:
+        """Feed a batch (tiles (B, S, S), a/b (B, 2, h, w) uint8); the a/b of the frames now final."""
+        out: list[np.ndarray] = []
+        self.ab_shape = ab.shape[1:]
         for i in range(len(tiles)):
-            out[i] = self.step(tiles[i], ab[i])
-        return out
+            self._step(_flow_plane(tiles[i]), ab[i], out)
+        return self._stack(out)
 
-    def step(self, tile: np.ndarray, ab: np.ndarray) -> np.ndarray:
-        """One frame: uint8 L tile (S, S) and predicted uint8 a/b (2, h, w) -> stabilised (2, h, w)."""
-        tile = np.ascontiguousarray(tile)
-        self._motion = None
+    def finish(self) -> np.ndarray:
+        """The a/b of every frame still held (the film ended): (M, 2, h, w), M = `pending`."""
+        out: list[np.ndarray] = []
+        self._end_shot(out)
+        return self._stack(out)
+
+    def _stack(self, out: list[np.ndarray]) -> np.ndarray:
+        return np.stack(out) if out else np.empty((0, *self.ab_shape), np.uint8)
+
+    def _step(self, tile: np.ndarray, ab: np.ndarray, out: list[np.ndarray]) -> None:
+        pull: list[Pull] = []  # this frame's pull into the previous one, computed at most once
+
+        def explained() -> bool:
+            pull.append(self._pull(tile))
+            return float(pull[0].trust().mean()) >= MOTION_TRUST
+
         first = self.prev_tile is None
-        cut = self.detector.update(tile, None if first else lambda: self._explained(tile))
+        cut = self.detector.update(tile, None if first else explained)
         restart = first or cut or self.detector.flat
+        self.prev_tile, prev = tile, self.prev_tile
         if self.strength == 0:
-            self.prev_tile = tile
-            return ab
-        pred = np.ascontiguousarray(ab.transpose(1, 2, 0), dtype=np.float32)
-        new = pred if restart else self._blend(tile, pred)
-        self.prev_tile, self.prev_ab = tile, new
-        return np.clip(np.rint(new), 0, 255).astype(np.uint8).transpose(2, 0, 1)
+            out.append(ab)
+            return
+        here = np.concatenate([ab.transpose(1, 2, 0).astype(np.float32),
+                               np.ones((*ab.shape[1:], 1), np.float32)], axis=2)  # a, b, weight
+        back = None
+        if restart:
+            self._end_shot(out)
+        else:
+            into_prev = pull[0] if pull else self._pull(tile, prev)
+            back = _at(into_prev, ab.shape[1:])
+            # The previous frame's pull into this one, from the same two flows.
+            self.shot[-1].ahead = _at(Pull(prev, tile, into_prev.bwd, into_prev.fwd), ab.shape[1:])
+        self.shot.append(_Frame(here, back))
+        while self.pending > self.reach:
+            out.append(self._emit())
 
-    def _track(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self._motion is None:  # once per frame: the cut check and the blend share it
-            self._motion = track(self.dis, tile, self.prev_tile)
-        return self._motion
+    def _pull(self, tile: np.ndarray, prev: np.ndarray | None = None) -> Pull:
+        prev = self.prev_tile if prev is None else prev
+        return Pull(tile, prev, flow(self.dis, tile, prev), flow(self.dis, prev, tile))
 
-    def _explained(self, tile: np.ndarray) -> bool:
-        return float(self._track(tile)[2].mean()) >= MOTION_TRUST
+    def _end_shot(self, out: list[np.ndarray]) -> None:
+        while self.pending:
+            out.append(self._emit())
+        self.shot.clear()
+        self.done = 0
 
-    def _blend(self, tile: np.ndarray, pred: np.ndarray) -> np.ndarray:
-        coords, _, trust = self._track(tile)
-        h, w = pred.shape[:2]
-        if (h, w) != tile.shape:
-            trust = cv2.resize(trust, (w, h), interpolation=cv2.INTER_AREA)
-            scale = np.array([w / tile.shape[1], h / tile.shape[0]], np.float32)
-            fwd = coords - _grid(*tile.shape)
-            coords = _grid(h, w) + cv2.resize(fwd, (w, h), interpolation=cv2.INTER_AREA) * scale
-        carried = warp(self.prev_ab, coords)
-        weight = (self.strength * trust)[..., None]
-        return weight * carried + (1.0 - weight) * pred
+    def _emit(self) -> np.ndarray:
+        """The oldest frame not yet returned, final: its own prediction plus the frames within
+        reach behind and ahead of it, each folded onto it."""
+        shot, t = self.shot, self.done
+        frame, c = shot[t], self.weights
+        total = frame.here
+        if t > 0:  # behind, farthest first: frame t - n has weight c[n]
+            n = min(t, self.reach)
+            acc = _fold([shot[t - m] for m in range(n, 0, -1)], "back", c[n:0:-1])
+            total = total + _carry(acc, frame.back, frame.here)
+        if t + 1 < len(shot):  # ahead, farthest first
+            n = len(shot) - 1 - t
+            acc = _fold([shot[t + m] for m in range(n, 0, -1)], "ahead", c[n:0:-1])
+            total = total + _carry(acc, frame.ahead, frame.here)
+        self.done += 1
+        if self.done > self.reach:  # the oldest is out of every later frame's reach
+            shot.popleft()
+            self.done -= 1
+        ab = total[..., :2] / total[..., 2:]
+        return np.clip(np.rint(ab), 0, 255).astype(np.uint8).transpose(2, 0, 1)
 
 
 # ------------------------------------------------------------------ the metric

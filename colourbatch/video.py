@@ -17,9 +17,12 @@ overlapping stages of `colour_job`:
    decode in the main process, for debugging);
 2. the main process runs the model on each batch (pipeline.Colouriser.predict:
    one host transfer per batch), then temporal.Stabiliser holds the low-resolution
-   a/b still along the motion between consecutive L tiles, carrying its state
-   (the previous tile and a/b) from batch to batch in display order, and counts
-   the scene cuts where it starts afresh;
+   a/b still along the motion between the L tiles, averaging each frame's with
+   its shot's neighbours up to `VideoConfig.reach` frames either side, carrying
+   its state from batch to batch in display order, and counts the scene cuts
+   that end a shot. It looks ahead, so a frame's a/b are final up to `reach`
+   frames later: the frames' luma planes and pts wait in a queue of that length
+   (`held`) and go to the writer with their a/b;
 3. a writer thread turns a/b into chroma at the output's chroma-plane size
    (colour.lab_to_chroma, with L from the luma averaged down to that size, in
    the source's matrix and range) and hands the source's luma plane, untouched,
@@ -44,6 +47,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -427,6 +431,13 @@ class _Writer(threading.Thread):
 
 
 # --------------------------------------------------------------------- driver
+def _write_final(writer: _Writer, held: deque, ab: np.ndarray) -> None:
+    """Hand the writer the frames whose stabilised a/b are final: the oldest len(ab) held."""
+    if len(ab):
+        frames = [held.popleft() for _ in range(len(ab))]
+        writer.put(([y for y, _ in frames], ab, [p for _, p in frames]))
+
+
 def colour_video(src: str | os.PathLike, dst: str | os.PathLike, run: RunConfig,
                  vcfg: VideoConfig | None = None, on_progress: ProgressFn | None = None,
                  colouriser: Colouriser | None = None) -> VideoReport:
@@ -480,7 +491,10 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
     carried = Carrier(info, start, end)
     files.remove_stale_temps([dst])  # what a killed earlier run of this film left
     # A fresh state per film and per part: --start begins a shot of its own.
-    stabiliser = temporal.Stabiliser(vcfg.stability)
+    stabiliser = temporal.Stabiliser(vcfg.stability, vcfg.reach)
+    # (luma, pts) of the frames the stabiliser still holds (it looks ahead): its reach in frames,
+    # whose planes keep their batches alive: at most reach + 2 batches' full-resolution luma.
+    held: deque[tuple[np.ndarray, int]] = deque()
     with files.atomic_output(dst, make_parents=job.make_folder) as tmp:
         try:
             workers = min(run.workers, 1)
@@ -507,10 +521,12 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
                     tiles = item["tiles"]
                     if colouriser.pin:
                         tiles = tiles.pin_memory()  # only the small tiles: the full-res luma stays on the host
-                    ab = stabiliser(item["tiles"][:, 0].numpy(), colouriser.predict(tiles))
-                    writer.put((item["y"].numpy(), ab, item["pts"].numpy()))
+                    held.extend(zip(item["y"].numpy(), item["pts"].numpy()))
+                    _write_final(writer, held, stabiliser.feed(item["tiles"][:, 0].numpy(),
+                                                               colouriser.predict(tiles)))
             finally:
                 it = None  # shuts the decode worker down, also on Ctrl-C
+            _write_final(writer, held, stabiliser.finish())
             writer.put(None)
             writer.join()
             if writer.error is not None:

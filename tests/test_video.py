@@ -535,8 +535,9 @@ def tiny_l_weights(tmp_path_factory):
     return path
 
 
-def _pan_and_cut(path, shots=((1, 9), (2, 6)), size=(96, 64)):
-    """An FFV1 .mkv of textured grey shots, each a camera pan; a hard cut between shots."""
+def _pan_and_cut(path, shots=((1, 9), (2, 6)), size=(96, 64), first=0):
+    """An FFV1 .mkv of textured grey shots, each a camera pan; a hard cut between shots (the
+    first shot from its frame `first` on: the same pictures as a part of the whole)."""
     import cv2
 
     w, h = size
@@ -547,7 +548,7 @@ def _pan_and_cut(path, shots=((1, 9), (2, 6)), size=(96, 64)):
         rng = np.random.default_rng(seed)
         pic = cv2.GaussianBlur(rng.normal(0, 1, (2 * h, 3 * w)).astype(np.float32), (0, 0), 4)
         pic = cv2.normalize(pic, None, 20, 235, cv2.NORM_MINMAX).astype(np.uint8)
-        for i in range(frames):
+        for i in range(first if seed == shots[0][0] else 0, frames):
             grey = np.ascontiguousarray(pic[i:i + h, 2 * i:2 * i + w])
             out.mux(vs.encode(av.VideoFrame.from_ndarray(np.dstack([grey] * 3), format="rgb24")))
     out.mux(vs.encode())
@@ -560,6 +561,11 @@ def _pictures(path):
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
+def _lumas(path):
+    with av.open(str(path)) as c:
+        return np.stack([f.reformat(format="gray").to_ndarray() for f in c.decode(video=0)])
+
+
 def test_stability_counts_cuts_and_any_batch_size_gives_the_same_film(tmp_path, tiny_l_weights):
     clip = _pan_and_cut(tmp_path / "pan.mkv")
     films = {}
@@ -569,10 +575,18 @@ def test_stability_counts_cuts_and_any_batch_size_gives_the_same_film(tmp_path, 
         rep = colour_video(clip, dst, run, VideoConfig(codec="ffv1", stability=stability))
         assert rep.ok and rep.frames_out == 15 and rep.cuts == 1
         films[batch, stability] = _pictures(dst)
+        # the stabiliser looks ahead, so it hands each frame's colour over later: each still
+        # meets its own luma, in order
+        assert np.array_equal(_lumas(dst), _lumas(clip))
     assert np.array_equal(films[1, 0.8], films[7, 0.8])
     stable, plain = films[7, 0.8], films[7, 0.0]
-    assert np.array_equal(stable[0], plain[0]) and np.array_equal(stable[9], plain[9])  # fresh at start, cut
     assert not np.array_equal(stable[5], plain[5]) and not np.array_equal(stable[12], plain[12])
+    # each shot is coloured as if it were a film of its own: no colour crosses the cut either way
+    run = RunConfig(weights=str(tiny_l_weights), workers=0, batch_size=4, precision="fp32")
+    for i, (shot, frames) in enumerate([(slice(0, 9), (1, 9)), (slice(9, 15), (2, 6))]):
+        alone = _pan_and_cut(tmp_path / f"shot{i}.mkv", shots=(frames,))
+        colour_video(alone, tmp_path / f"shot{i}.out.mkv", run, VideoConfig(codec="ffv1", stability=0.8))
+        assert np.array_equal(_pictures(tmp_path / f"shot{i}.out.mkv"), stable[shot])
 
 
 def test_a_part_starts_the_stabiliser_afresh(tmp_path, tiny_l_weights):
@@ -583,14 +597,23 @@ def test_a_part_starts_the_stabiliser_afresh(tmp_path, tiny_l_weights):
         dst = tmp_path / f"part-{stability}.mkv"
         colour_video(clip, dst, run, VideoConfig(codec="ffv1", start=0.2, stability=stability))
         films.append(_pictures(dst))
-    assert len(films[0]) == 7 and np.array_equal(films[0][0], films[1][0])
-    assert not np.array_equal(films[0][3], films[1][3])
+    assert len(films[0]) == 7 and not np.array_equal(films[0][3], films[1][3])
+    # the part (frames 5-11) comes out as a film holding only those frames: nothing from before it
+    alone = _pan_and_cut(tmp_path / "from5.mkv", shots=((1, 12),), first=5)
+    colour_video(alone, tmp_path / "from5.out.mkv", run, VideoConfig(codec="ffv1", stability=0.8))
+    assert np.array_equal(_pictures(tmp_path / "from5.out.mkv"), films[0])
 
 
 @pytest.mark.parametrize("value", [1.0, -0.1, 2])
 def test_stability_out_of_range_is_refused(value):
     with pytest.raises(ColourbatchError, match="--stability"):
         VideoConfig(stability=value)
+
+
+@pytest.mark.parametrize("value", [-1, 26, 1.5])
+def test_reach_out_of_range_is_refused(value):
+    with pytest.raises(ColourbatchError, match="--reach"):
+        VideoConfig(reach=value)
 
 
 def test_a_duplicate_timestamp_is_dropped_and_reported(tmp_path, run):
