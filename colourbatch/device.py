@@ -175,8 +175,8 @@ class InferenceForm(torch.nn.Module):
 
     Under autocast (bf16, fp16) the folded network runs eagerly (runtime "folded"): autocast
     reaches neither into a frozen graph nor into the fused calls. 224x224 tiles, batch 16, one
-    thread, 2-vCPU Xeon, CPU ms a tile in one run: ONNX Runtime 24.4, fused 25.3, frozen 26.5
-    (`benchmarks/models.py`, docs/speed.md).
+    thread, 2-vCPU Xeon, CPU ms a tile (two runs of `benchmarks/models.py --yardstick`): fused
+    24.3-24.7, frozen 26.6-26.8, ONNX Runtime 23.6-24.0 (docs/speed.md).
     """
 
     def __init__(self, net: torch.nn.Module, fast: torch.nn.Module | None, runtime: str):
