@@ -185,7 +185,8 @@ def glue_ms(path: Path, before: bool = True) -> dict[str, float]:
 
 def network_ms(weights: str | None) -> dict[str, float]:
     """CPU ms a tile of the network's forward (batch 16, 224x224, one thread) in the runtime every
-    command runs (device.prepare_model), in bf16 where the CPU has it natively, and in ONNX
+    command runs (device.prepare_model), whole and in pipeline.CPU_CHUNK tiles at a time (as
+    Colouriser runs it on one thread), in bf16 where the CPU has it natively, and in ONNX
     Runtime where it is installed (benchmarks.models.onnx_forward)."""
     import torch
 
@@ -198,7 +199,12 @@ def network_ms(weights: str | None) -> dict[str, float]:
     net, _, _ = load_weights(weights)
     x = model_input(torch.randint(0, 256, (16, 1, 224, 224), dtype=torch.uint8))
     fast = prepare_model(net, torch.device("cpu"))
-    runtimes = {f"torch, {fast.runtime}": (fast, torch.float32)}
+    from colourbatch.pipeline import CPU_CHUNK
+
+    def in_chunks(x):  # as Colouriser runs it on one thread
+        return [fast(x[i:i + CPU_CHUNK]) for i in range(0, len(x), CPU_CHUNK)]
+    runtimes = {f"torch, {fast.runtime}": (fast, torch.float32),
+                f"torch, {fast.runtime}, {CPU_CHUNK} at a time": (in_chunks, torch.float32)}
     if cpu_bf16_ok():
         runtimes["torch bf16"] = (fast, torch.bfloat16)
     ort = onnx_forward(net, 1)
