@@ -126,27 +126,67 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class InferenceForm(torch.nn.Module):
-    """A network for inference only: its batch norms folded (`fold_batchnorm`), and on the CPU its
-    forward a frozen TorchScript graph (`torch.jit.freeze` of a trace: oneDNN's prepacked
-    convolutions, no Python between layers). Every other attribute (decode, cfg, bins, ...)
-    is the folded network's, so it stands wherever the network does.
+class ConvClamp(torch.nn.Module):
+    """A convolution and the clamp after it (ReLU6, ReLU) as one oneDNN call: the clamp is the
+    convolution's post-op, applied while its output is in cache, instead of a second pass over
+    memory (the clamps were 8 % of the forward on one thread, more on two). Same numbers as
+    the two layers: oneDNN's kernel and the same fp32 arithmetic."""
 
-    Under autocast (bf16) the folded network runs eagerly, as autocast does not reach into a
-    frozen graph; the graph is fp32 and serves fp32 (--precision fp32, or auto on a CPU
-    without native bf16). 224x224 tiles, one thread, 2-vCPU Xeon: eager 46.3, folded 28.9,
-    folded and frozen 31.4 ms a tile at batch 16 (`benchmarks/models.py`; the freeze pays
-    5-10 % at small batches, docs/speed.md).
+    def __init__(self, conv: torch.nn.Conv2d, low: float, high: float | None):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        self.post = ("hardtanh", [low, high]) if high is not None else ("relu", [])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *self.args,
+                                                       self.post[0], self.post[1], "")
+
+
+#: The activations a ConvClamp takes in: (low, high) of their clamp (None: no upper bound).
+_CLAMPS = {torch.nn.ReLU6: (0.0, 6.0), torch.nn.ReLU: (0.0, None)}
+
+
+def fuse_clamps(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a folded network (`fold_batchnorm`) in which each Conv2d of a Sequential that
+    is followed (past the Identity left by a folded batch norm) by a ReLU6 or ReLU is a
+    ConvClamp, the activation an Identity. Zero-padded convolutions only (all of ours)."""
+    model = copy.deepcopy(model)
+    for seq in model.modules():
+        if not isinstance(seq, torch.nn.Sequential):
+            continue
+        for i, conv in enumerate(seq):
+            if not isinstance(conv, torch.nn.Conv2d) or conv.padding_mode != "zeros":
+                continue
+            j = i + 1
+            while j < len(seq) and isinstance(seq[j], torch.nn.Identity):
+                j += 1
+            if j < len(seq) and type(seq[j]) in _CLAMPS:
+                seq[i], seq[j] = ConvClamp(conv, *_CLAMPS[type(seq[j])]), torch.nn.Identity()
+    return model
+
+
+class InferenceForm(torch.nn.Module):
+    """A network for inference only: its batch norms folded (`fold_batchnorm`), and on the CPU in
+    fp32 its forward `fast`: each convolution and its clamp one oneDNN call (`fuse_clamps`,
+    runtime "fused"), or where this torch lacks that call, a frozen TorchScript graph
+    (`torch.jit.freeze` of a trace, runtime "frozen"). Every other attribute (decode, cfg,
+    bins, ...) is the folded network's, so it stands wherever the network does.
+
+    Under autocast (bf16, fp16) the folded network runs eagerly (runtime "folded"): autocast
+    reaches neither into a frozen graph nor into the fused calls. 224x224 tiles, batch 16, one
+    thread, 2-vCPU Xeon, CPU ms a tile (two runs of `benchmarks/models.py --yardstick`): fused
+    24.3-24.7, frozen 26.6-26.8, ONNX Runtime 23.6-24.0 (docs/speed.md).
     """
 
-    def __init__(self, net: torch.nn.Module, frozen: torch.jit.ScriptModule | None):
+    def __init__(self, net: torch.nn.Module, fast: torch.nn.Module | None, runtime: str):
         super().__init__()
-        self.net, self.frozen = net, frozen
+        self.net, self.fast, self.runtime = net, fast, runtime
 
     def forward(self, l: torch.Tensor) -> torch.Tensor:
-        if self.frozen is None or torch.is_autocast_enabled(l.device.type):
+        if self.fast is None or torch.is_autocast_enabled(l.device.type):
             return self.net(l)
-        return self.frozen(l)
+        return self.fast(l)
 
     def __getattr__(self, name: str):
         try:
@@ -156,22 +196,31 @@ class InferenceForm(torch.nn.Module):
 
 
 def inference_form(model: torch.nn.Module, size: int = 224) -> InferenceForm:
-    """`model` (on its device, channels_last) as an InferenceForm; its graph is traced on one
-    `size` tile and serves any batch and tile size (the trace keeps shapes symbolic)."""
+    """`model` (on its device, channels_last) as an InferenceForm. On the CPU its fused form is
+    checked against the folded network on one `size` tile, and used only where it matches
+    (else the frozen graph, traced on that tile: it serves any batch and tile size)."""
     net = fold_batchnorm(model)
     param = next(net.parameters(), None)
     if param is None or param.device.type != "cpu":
-        return InferenceForm(net, None)  # CUDA: folded, eager (cuDNN picks its own kernels)
+        return InferenceForm(net, None, "folded")  # CUDA: folded, eager (cuDNN picks its own kernels)
     example = torch.rand(1, 1, size, size).contiguous(memory_format=torch.channels_last)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # torch 2.13 marks TorchScript deprecated (for torch.compile, which needs a C++
-            # toolchain and a minute of compiling per shape on a CPU); it still runs.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            frozen = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
-    except (AttributeError, RuntimeError):  # a torch without TorchScript: the folded net as it is
-        frozen = None
-    return InferenceForm(net, frozen)
+    with torch.no_grad():
+        want = net(example)
+        try:
+            fused = fuse_clamps(net)
+            if torch.allclose(fused(example), want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
+                return InferenceForm(net, fused, "fused")
+        except (AttributeError, RuntimeError):  # a torch built without oneDNN's fused call
+            pass
+        try:
+            with warnings.catch_warnings():
+                # torch 2.13 marks TorchScript deprecated (for torch.compile, which needs a C++
+                # toolchain and a minute of compiling per shape on a CPU); it still runs.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                frozen = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
+        except (AttributeError, RuntimeError):  # a torch without TorchScript: the folded net as it is
+            return InferenceForm(net, None, "folded")
+    return InferenceForm(net, frozen, "frozen")
 
 
 def cpu_count() -> int:

@@ -60,6 +60,16 @@ def open_device(device: str = "auto", precision: str = "auto",
     return dev, dtype
 
 
+#: Tiles torch on one CPU thread (video beside x264 on a small machine) takes through the
+#: network at a time. At 16 a layer's activations (25-77 MB) pass glibc's 32 MB mmap
+#: ceiling, so each call maps fresh pages and faults them in (50,000 minor faults a batch);
+#: 4 at a time reuse the heap (none), and the batch's logits (51 MB) never exist at once:
+#: forward + decode 3-7 % cheaper (2-vCPU Xeon, docs/speed.md). On several threads the whole
+#: batch: each smaller call is more OpenMP barriers, which a busy machine makes dear. CUDA
+#: takes the whole batch.
+CPU_CHUNK = 4
+
+
 class Colouriser:
     """A loaded model on its device: uint8 L tiles in, uint8 a/b planes (or colour layers) out.
 
@@ -88,22 +98,26 @@ class Colouriser:
     def _on_device(self, tiles: torch.Tensor) -> torch.Tensor:
         return (tiles[:, None] if tiles.ndim == 3 else tiles).to(self.device, non_blocking=True)
 
+    def _in_chunks(self, predict, x: torch.Tensor) -> np.ndarray:
+        """predict(x) of a whole batch, CPU_CHUNK tiles at a time on one CPU thread, else at once."""
+        one_thread = self.device.type == "cpu" and torch.get_num_threads() == 1
+        step = CPU_CHUNK if one_thread and len(x) > CPU_CHUNK else max(1, len(x))
+        with autocast(self.device, self.dtype):
+            out = torch.cat([predict(x[i:i + step]) for i in range(0, max(1, len(x)), step)])
+        return out.cpu().numpy()  # one transfer (and sync) per batch, never per frame
+
     @torch.inference_mode()
     def predict(self, tiles: torch.Tensor) -> np.ndarray:
         """uint8 tiles (B, 1, S, S) or (B, S, S) -> uint8 a/b (B, 2, h, w) as a numpy array."""
-        x = self._on_device(tiles)
-        with autocast(self.device, self.dtype):
-            ab = predict_ab8(self.model, x, self.cfg.temperature, self.cfg.decode)
-        return ab.cpu().numpy()  # one transfer (and sync) per batch, never per frame
+        return self._in_chunks(partial(predict_ab8, self.model, temperature=self.cfg.temperature,
+                                       decode=self.cfg.decode), self._on_device(tiles))
 
     @torch.inference_mode()
     def predict_layer(self, tiles: torch.Tensor) -> np.ndarray:
         """uint8 tiles (B, 1, S, S) or (B, S, S) -> uint8 OpenCV LAB colour layers (B, 3, h, w)
         (model.predict_layer8: the page model's layer; L8 = 255 under other models' a/b)."""
-        x = self._on_device(tiles)
-        with autocast(self.device, self.dtype):
-            layer = predict_layer8(self.model, x, self.cfg.temperature)
-        return layer.cpu().numpy()  # one transfer per batch
+        return self._in_chunks(partial(predict_layer8, self.model, temperature=self.cfg.temperature),
+                               self._on_device(tiles))
 
 
 # ------------------------------------------------------------ one page

@@ -164,3 +164,53 @@ def test_chroma_that_would_leave_the_gamut_is_shrunk_so_the_luma_holds(level, a,
     shown = rgb @ np.array([0.2126, 0.7152, 0.0722])
     assert np.abs(shown - level).max() <= 2
     assert np.abs(cr.astype(int) - 128).max() > 0  # some colour is left where there is room
+
+
+def _merge_as_before(l8, ab8):
+    """merge_l_ab as it was before the page-speed work: each plane resized alone, the
+    lightness guard on (row, col) fancy indexing, every candidate written back."""
+    h, w = l8.shape
+    planes = [l8] + [cv2.resize(np.ascontiguousarray(p), (w, h), interpolation=cv2.INTER_LINEAR) for p in ab8]
+    lab = cv2.merge(planes)
+    rgb = colour.lab_to_rgb(lab)
+    inside = cv2.inRange(rgb, (1, 1, 1), (254, 254, 254))
+    idx = np.nonzero(inside == 0)
+    sub_lab, sub_rgb = lab[idx], rgb[idx]
+    bad = np.abs(colour._l_of(sub_rgb) - sub_lab[:, 0].astype(np.int16)) > 1
+    for s in (0.7, 0.45, 0.2, 0.0):
+        rows = np.nonzero(bad)[0]
+        fix = sub_lab[rows].astype(np.float32)
+        fix[:, 1:] = 128 + (fix[:, 1:] - 128) * s
+        fix = np.round(fix).astype(np.uint8)
+        new = colour.lab_to_rgb(fix[None])[0]
+        ok = (np.abs(colour._l_of(new) - fix[:, 0].astype(np.int16)) <= 1) | (s == 0.0)
+        sub_rgb[rows[ok]] = new[ok]
+        bad[rows[ok]] = False
+    rgb[idx] = sub_rgb
+    return rgb
+
+
+def test_the_page_merge_gives_what_it_gave_before_on_a_page_with_paper_ink_and_strong_colour():
+    rng = np.random.default_rng(5)
+    h, w = 300, 410
+    l8 = cv2.GaussianBlur(rng.integers(0, 256, (h, w)).astype(np.uint8), (0, 0), 3)
+    l8 = cv2.normalize(l8, None, 0, 255, cv2.NORM_MINMAX)
+    l8[:40] = 255  # paper margin: white with a tint predicted on it
+    l8[-30:, :50] = 0  # ink
+    ab = rng.integers(60, 200, (2, 56, 56)).astype(np.uint8)  # strong colours: many leave the gamut
+    got = colour.merge_l_ab(l8, ab)
+    want = _merge_as_before(l8, ab)
+    inside = cv2.inRange(want, (1, 1, 1), (254, 254, 254))
+    assert (inside == 0).mean() > 0.1  # the lightness guard had work on this page
+    assert np.array_equal(got, want)
+
+
+def test_a_grey_picture_reads_its_lightness_from_the_table_and_a_colour_one_as_before():
+    rng = np.random.default_rng(6)
+    grey = colour.grey_to_rgb(rng.integers(0, 256, (64, 80)).astype(np.uint8))
+    assert np.array_equal(colour.rgb_to_l(grey), colour.rgb_to_lab(grey)[..., 0])
+    tinted = grey.copy()
+    tinted[10, 20, 2] ^= 7  # one channel of one pixel off grey: the full conversion
+    assert np.array_equal(colour.rgb_to_l(tinted), colour.rgb_to_lab(tinted)[..., 0])
+    every_level = colour.grey_to_rgb(np.arange(256, dtype=np.uint8)[None])
+    assert np.array_equal(colour.rgb_to_l(every_level), colour.rgb_to_lab(every_level)[..., 0])

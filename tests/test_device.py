@@ -94,8 +94,10 @@ def test_inference_form_colours_as_the_network_does(name):
     torch.manual_seed(0)
     net = _with_trained_statistics(build_model(name))
     fast = device.prepare_model(net, torch.device("cpu"))
-    assert isinstance(fast, device.InferenceForm) and fast.frozen is not None
+    assert isinstance(fast, device.InferenceForm) and fast.runtime == "fused"  # x86 torch has oneDNN
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    clamps = sum(isinstance(m, (torch.nn.ReLU6, torch.nn.ReLU)) for m in net.modules())
+    assert sum(isinstance(m, device.ConvClamp) for m in fast.fast.modules()) == clamps > 0
     assert fast.cfg == net.cfg and torch.equal(fast.bins, net.bins)
     for batch, size in ((3, 224), (2, 96)):  # traced on one 224 tile: any batch, any size
         l8 = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8)
@@ -110,6 +112,41 @@ def test_inference_form_colours_as_the_network_does(name):
                 assert (predict_layer8(net, l8).int() - predict_layer8(fast, l8).int()).abs().max() <= 1
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert fast(model_input(l8)).dtype == torch.bfloat16  # bf16 asked for: the eager folded net
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU6, torch.nn.ReLU])
+def test_a_fused_convolution_clamps_as_its_activation_did(act):
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.BatchNorm2d(16), act(),
+                                 torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16), act())
+    net = _with_trained_statistics(layers)
+    with torch.no_grad():
+        layers[3].weight.mul_(10)  # the second layer's output past 6 too
+    fused = device.fuse_clamps(device.fold_batchnorm(net))
+    assert [type(m) for m in fused] == [device.ConvClamp, torch.nn.Identity, torch.nn.Identity,
+                                        device.ConvClamp, torch.nn.Identity]
+    x = (torch.randn(2, 8, 20, 20) * 100).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want, got = net(x), fused(x)
+    top = (want == 6).float().mean() if act is torch.nn.ReLU6 else (want > 6).float().mean()
+    assert (want == 0).float().mean() > 0.05 and top > 0.05  # both ends of the clamp reached
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_without_the_fused_call_the_graph_is_frozen(monkeypatch):
+    from colourbatch.model import build_model, model_input
+
+    net = _with_trained_statistics(build_model("default"))
+
+    def missing(self, x):  # a torch built without oneDNN's fused convolution
+        raise RuntimeError("No such operator mkldnn::_convolution_pointwise")
+    monkeypatch.setattr(device.ConvClamp, "forward", missing)
+    fast = device.prepare_model(net, torch.device("cpu"))
+    assert fast.runtime == "frozen" and isinstance(fast.fast, torch.jit.ScriptModule)
+    l8 = torch.randint(0, 256, (2, 1, 224, 224), dtype=torch.uint8)
+    with torch.inference_mode():
+        want = net(model_input(l8))
+        assert (fast(model_input(l8)) - want).abs().max() <= 1e-4 * want.abs().max()
 
 
 def test_a_model_in_training_stays_trainable():

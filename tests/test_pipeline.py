@@ -25,6 +25,38 @@ def test_colouriser_decodes_as_asked(tmp_path):
     assert tint > 2 and abs(confident.astype(int) - 128).mean() < 0.3 * tint
 
 
+@pytest.fixture
+def torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_on_one_cpu_thread_a_batch_runs_in_chunks_and_colours_as_in_one_piece(tmp_path, monkeypatch,
+                                                                                torch_threads):
+    from colourbatch.model import predict_ab8, predict_layer8
+
+    torch.manual_seed(0)
+    path = checkpoint.save(tmp_path / "p.pt", build_model("page"))
+    run = RunConfig(weights=str(path), device="cpu", precision="fp32")
+    tiles = torch.randint(0, 256, (pipeline.CPU_CHUNK * 2 + 1, 1, 64, 64), dtype=torch.uint8)
+    sizes = []
+    engine = Colouriser(run, threads=2)
+    forward = engine.model.forward
+    monkeypatch.setattr(engine.model, "forward", lambda x: sizes.append(len(x)) or forward(x))
+    engine.predict(tiles)
+    assert sizes == [len(tiles)]  # several threads: the whole batch at once
+    sizes.clear()
+    torch.set_num_threads(1)  # as video runs it beside x264 on 2 cores
+    got, layer = engine.predict(tiles), engine.predict_layer(tiles)
+    assert sizes == [pipeline.CPU_CHUNK, pipeline.CPU_CHUNK, 1] * 2  # the heap reused, not remapped
+    with torch.inference_mode():
+        want, want_layer = predict_ab8(engine.model, tiles).numpy(), predict_layer8(engine.model, tiles).numpy()
+    for a, b in ((got, want), (layer, want_layer)):
+        assert a.shape == b.shape and np.abs(a.astype(int) - b).max() <= 1  # a rounding edge at most
+        assert (a != b).mean() < 1e-3
+
+
 def test_unknown_decode_is_refused_before_the_weights_load(tmp_path):
     with pytest.raises(PipelineError, match="unknown decode 'vivid'") as err:
         Colouriser(RunConfig(weights=str(tmp_path / "missing.pt"), decode="vivid"))
