@@ -17,7 +17,7 @@ All in one run on one machine, against the floor of the work:
 
 The floor of a pipeline that overlaps decode, model and encode is the slowest
 of them; the ratio printed is the pipeline's frames/s over that. The clip is
-synthetic (made here, grey, motion everywhere), so the script needs nothing
+synthetic (floor.make_clip: grey, motion everywhere), so the script needs nothing
 but the repository.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     from colourbatch.model import model_input
     from colourbatch.pipeline import Colouriser
     from colourbatch.video import colour_video
-    from video import make_clip  # benchmarks/video.py: the same synthetic clip
+    from floor import make_clip  # benchmarks/floor.py: the same synthetic clip
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1080, choices=sorted(SIZES))
@@ -123,7 +123,7 @@ def main() -> None:
             colour_video(clip, Path(d) / "warm.mp4", run, VideoConfig(duration=1.0, overwrite=True),
                          colouriser=eng)
             for preset in ("medium", "veryfast"):
-                for stab in (0.8, 0.0):
+                for stab in (VideoConfig().stability, 0.0):  # the default, and off
                     rep = colour_video(clip, Path(d) / "out.mp4", run,
                                        VideoConfig(preset=preset, stability=stab, overwrite=True),
                                        colouriser=eng)
