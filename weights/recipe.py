@@ -3,6 +3,7 @@
     python weights/recipe.py default   # -> weights/default.pt (+ .ckpt, not shipped)
     python weights/recipe.py seed      # -> weights/seed.pt
     python weights/recipe.py finalize T  # set the default's temperature, write SHA256SUMS
+    python weights/recipe.py decode confident  # set the default's own decoding, write SHA256SUMS
     python weights/recipe.py fp32 [SOURCE [OUT]]  # weights/default.pt that colours as well in fp32 as in bf16
     python weights/recipe.py plan        # print the held-out-source retrain (issue 12); runs nothing
     python weights/recipe.py loso SOURCE VARIANT [MINUTES]  # one run of that plan: photos/SOURCE held out whole
@@ -276,6 +277,20 @@ def main() -> None:
         fp32_step(*sys.argv[2:4])
         if len(sys.argv) < 4:
             write_sums()
+        return
+    if name == "decode":
+        # python weights/recipe.py decode confident: the shipped default's own decoding
+        # (chosen on collections held out whole, docs/quality.md), then SHA256SUMS.
+        from colourbatch import checkpoint
+
+        blob = checkpoint.read("weights/default.pt")
+        blob["config"]["decode"] = sys.argv[2]
+        blob["metadata"]["decode_chosen_on"] = (
+            "held-out collections: a 1500-step run of the shipped recipe without pexels-interiors, "
+            "wallpapers, kalzium-data, tuxpaint-data, palapeli-data (143 photos, docs/quality.md)")
+        model = checkpoint.model_from_blob(blob, "weights/default.pt")
+        checkpoint.save("weights/default.pt", model, blob["metadata"], half=True)
+        write_sums()
         return
     if name == "finalize-page":
         # python weights/recipe.py finalize-page T: the page model's decoding temperature
