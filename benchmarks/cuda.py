@@ -12,8 +12,8 @@ All in one run on one machine, against the floor of the work:
   and bf16 autocast and fp32, timed with a device synchronise, without the
   decoding of its output distribution; then `Colouriser.predict` (uint8 tiles
   in, uint8 a/b out: upload, forward, annealed-mean decode, download);
-* the pipeline: `colour_video` on the same clip, each precision and preset,
-  stabiliser on (default) and off.
+* the pipeline: `colour_video` on the same clip (`floor.pipeline_fps`), each
+  precision and preset, stabiliser on (default) and off.
 
 The floor of a pipeline that overlaps decode, model and encode is the slowest
 of them; the ratio printed is the pipeline's frames/s over that. The clip is
@@ -51,8 +51,7 @@ def main() -> None:
     from colourbatch.config import RunConfig, VideoConfig
     from colourbatch.model import model_input
     from colourbatch.pipeline import Colouriser
-    from colourbatch.video import colour_video
-    from floor import make_clip  # benchmarks/floor.py: the same synthetic clip
+    from floor import make_clip, pipeline_fps  # benchmarks/floor.py: the same clip, the same pipeline run
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1080, choices=sorted(SIZES))
@@ -118,20 +117,15 @@ def main() -> None:
         print(json.dumps({k: v for k, v in res.items() if k.startswith(("decode", "encode"))}), flush=True)
         # -- the pipeline
         for prec in ("fp16", "bf16") if dev == "cuda" else ("fp32",):
-            run = RunConfig(device=dev, precision=prec, batch_size=args.batch)
-            eng = Colouriser(run)
-            colour_video(clip, Path(d) / "warm.mp4", run, VideoConfig(duration=1.0, overwrite=True),
-                         colouriser=eng)
+            eng = Colouriser(RunConfig(device=dev, precision=prec, batch_size=args.batch))
+            pipeline_fps(clip, eng, "veryfast")  # warm-up: cuDNN picks its kernels
             for preset in ("medium", "veryfast"):
                 for stab in (VideoConfig().stability, 0.0):  # the default, and off
-                    rep = colour_video(clip, Path(d) / "out.mp4", run,
-                                       VideoConfig(preset=preset, stability=stab, overwrite=True),
-                                       colouriser=eng)
+                    fps, _ = pipeline_fps(clip, eng, preset, stab)
                     floor = 1000 / max(res["decode_ms"], res[f"encode_ms_{preset}"],
                                        res[f"predict_ms_per_tile_{prec}"])
                     key = f"pipeline_{prec}_{preset}_stab{stab}"
-                    res[key] = {"fps": rep.fps, "frames": rep.frames_out, "floor_fps": floor,
-                                "ratio": rep.fps / floor}
+                    res[key] = {"fps": fps, "floor_fps": floor, "ratio": fps / floor}
                     print(json.dumps({key: res[key]}), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
