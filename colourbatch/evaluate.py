@@ -296,6 +296,10 @@ def _evaluate_models(cfg: EvalConfig, emit) -> dict[str, Any]:
     for w in cfg.weights or (None,):
         model, meta, path = load_weights(w)
         models.append((path, model_config(model)[0], model, meta))
+    drawn = [str(p) for p, _, model, _ in models if model.drawn]
+    if drawn:
+        # A page model takes drawn pages, not a photo's L: scored on photos its numbers mean nothing.
+        raise EvalError(f"{', '.join(drawn)}: a model of drawn pages; score it with --drawn")
     names = _row_names([p for p, *_ in models])
     # Score on the split the (first) model was held out from, not a different one.
     val_fraction, holdout = held_out_split(models[0][3], cfg.val_fraction, cfg.holdout)

@@ -678,6 +678,9 @@ def colour_pages(inputs: list[str], pcfg: PagesConfig, run: RunConfig,
     emit = on_progress or (lambda kind, info: None)
     if pcfg.style not in STYLES:
         raise PlanError(f"unknown style {pcfg.style!r} (use {', '.join(STYLES)})")
+    if pcfg.style == "photo" and pcfg.page_weights:
+        # No page would use them: say so rather than ignore the option.
+        raise PlanError("--page-weights colour drawn pages; --style photo has none")
     plan = plan_pages(inputs, pcfg.out, pcfg.fmt, pcfg.overwrite, resolve_shard(run.shard))
     emit("start", {"total": len(plan.jobs), "skipped": len(plan.skipped)})
     if run.ray or run.ray_address:

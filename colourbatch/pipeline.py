@@ -103,7 +103,8 @@ class Colouriser:
         one_thread = self.device.type == "cpu" and torch.get_num_threads() == 1
         step = CPU_CHUNK if one_thread and len(x) > CPU_CHUNK else max(1, len(x))
         with autocast(self.device, self.dtype):
-            out = torch.cat([predict(x[i:i + step]) for i in range(0, max(1, len(x)), step)])
+            outs = [predict(x[i:i + step]) for i in range(0, max(1, len(x)), step)]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)  # one chunk (GPU, many threads): no copy
         return out.cpu().numpy()  # one transfer (and sync) per batch, never per frame
 
     @torch.inference_mode()

@@ -274,7 +274,8 @@ class Stabiliser:
     exp(-(|L - warp(L)| / TRUST_SIGMA)^2), on FLOW_SIDE planes averaged down to
     the a/b size; agreement = 1 while the colour carried so far is within
     GATE_FREE of the frame's own prediction, falling off beyond. The chain of
-    warps is folded pair by pair (one remap a frame a side). Where the camera
+    warps is folded pair by pair, afresh for each frame returned (up to reach
+    remaps a side: the cost grows with reach). Where the camera
     and the scene hold still every weight is near strength^|k - t| and the
     average spans 2 reach + 1 frames; where the warp fails (new content, an
     occluder, a change of light) the weights vanish and the prediction shows
@@ -287,8 +288,8 @@ class Stabiliser:
     A cut (its own CutDetector, candidates vetoed where the metric's mean
     trust is MOTION_TRUST or more) or a flat frame (a fade through black) ends
     a shot: no colour crosses it either way, and the frames before it are
-    final at once. strength 0 returns the prediction exactly, with no lag
-    (cuts still counted, alike). Deterministic: batches of any size give the
+    final at once. strength 0 or reach 0 returns the prediction exactly, with
+    no lag (cuts still counted, alike). Deterministic: batches of any size give the
     same output. Holds at most 2 reach + 1 frames (tiles' pulls and a/b
     planes at the model's size).
     """
@@ -346,7 +347,7 @@ class Stabiliser:
         cut = self.detector.update(tile, None if first else explained)
         restart = first or cut or self.detector.flat
         self.prev_tile, prev = tile, self.prev_tile
-        if self.strength == 0:
+        if self.reach == 0:  # no neighbours (strength 0 or --reach 0): the prediction as it is
             out.append(ab)
             return
         here = np.concatenate([ab.transpose(1, 2, 0).astype(np.float32),

@@ -438,6 +438,12 @@ def _write_final(writer: _Writer, held: deque, ab: np.ndarray) -> None:
         writer.put(([y for y, _ in frames], ab, [p for _, p in frames]))
 
 
+def film_engine(run: RunConfig) -> Colouriser:
+    """The model a film run colours with: torch on the cores x264 leaves it (one home for that
+    choice, in this process and in each Ray worker)."""
+    return Colouriser(run, threads=threads_beside_encoder())
+
+
 def colour_video(src: str | os.PathLike, dst: str | os.PathLike, run: RunConfig,
                  vcfg: VideoConfig | None = None, on_progress: ProgressFn | None = None,
                  colouriser: Colouriser | None = None) -> VideoReport:
@@ -473,7 +479,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
     if dst.exists() and not vcfg.overwrite:  # written by someone else since the plan was made
         raise VideoError(f"{dst}: exists (pass --overwrite to replace it)")
     # torch on half the cores: its OpenMP threads spin and would take CPU from x264.
-    colouriser = colouriser or Colouriser(run, threads=threads_beside_encoder())
+    colouriser = colouriser or film_engine(run)
 
     estimate = info.frame_estimate(start, end)
     report = VideoReport(str(src), str(dst), frames_expected=estimate, video_fps=info.fps)
@@ -656,7 +662,7 @@ def colour_videos(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig,
     for index, job in enumerate(plan.jobs):
         if colouriser is None:
             # Only once a film is certain to be coloured; torch beside x264 on half the cores.
-            colouriser = Colouriser(run, threads=threads_beside_encoder())
+            colouriser = film_engine(run)
             emit("engine", colouriser.describe())
         emit("film", {"job": job, "index": index, "total": len(plan.jobs)})
         try:
@@ -692,5 +698,5 @@ def _on_ray(plan: VideoPlan, run: RunConfig, vcfg: VideoConfig, emit, out: Video
 
     emit("films", {"total": len(plan.jobs)})  # on a cluster, progress is counted in films
     on_ray([(str(job.src), job) for job in plan.jobs], run, partial(_colour_film, run, vcfg),
-           on_result, on_failure)
+           on_result, on_failure, build=partial(film_engine, run))
     return out

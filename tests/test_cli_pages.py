@@ -130,3 +130,7 @@ def test_style_options_and_summary_count_each_style(tmp_path, tinted_weights, ti
     assert result.exit_code == 0 and "2 coloured, 2 drawn," in result.output, result.output
     bad = invoke("pages", tmp_path / "in", "-o", tmp_path / "x", "--style", "comic")
     assert bad.exit_code == 2 and "comic" in bad.output
+    # Page weights that no page would use are refused, before any page is written.
+    bad = invoke("pages", tmp_path / "in", "-o", tmp_path / "y", "--style", "photo",
+                 "--page-weights", tinted_page_weights)
+    assert bad.exit_code == 2 and "--style photo" in bad.output and not (tmp_path / "y").exists()

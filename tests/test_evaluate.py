@@ -543,5 +543,8 @@ def test_evaluate_drawn_scores_the_page_model_against_the_uncoloured_page(tmp_pa
     assert page["white_kept"] == 1.0 and tinted["white_kept"] < 0.1
     assert {r["source"] for r in res["rows"] if "source" in r} == {"shapes", "more"}
     assert cv2.imread(str(tmp_path / "sheet.png")) is not None
+    # Without --drawn the page model would be given photos' L: refused, in one line.
+    out = CliRunner().invoke(cli, ["evaluate", "--data", str(tmp_path / "art"), "--weights", str(weights)])
+    assert out.exit_code == 2 and "score it with --drawn" in out.output and "Traceback" not in out.output
     bad = CliRunner().invoke(cli, ["evaluate", "--drawn", "--data", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "no such folder" in bad.output

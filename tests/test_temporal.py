@@ -191,6 +191,9 @@ def test_stability_zero_is_the_prediction_with_no_lag_and_still_counts_cuts():
     pred = jitter(to_model(np.concatenate([aa, ab_])))
     st = temporal.Stabiliser(0.0, reach=8)
     assert np.array_equal(st.feed(np.concatenate([la, lb]), pred), pred) and st.cuts == 1
+    # Reach 0 (--reach 0) has no neighbours to average, whatever the strength: the same.
+    st = temporal.Stabiliser(0.9, reach=0)
+    assert np.array_equal(st.feed(np.concatenate([la, lb]), pred), pred) and st.cuts == 1
     for bad in ((1.0, 8), (0.5, -1)):
         with pytest.raises(ValueError):
             temporal.Stabiliser(*bad)

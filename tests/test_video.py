@@ -632,3 +632,18 @@ def test_a_part_ending_inside_a_long_vfr_gap_is_whole(tmp_path, make_clip, run):
     clip = make_clip("vfr.mkv", frames=5, vfr_pts=[0, 1000, 3000, 4000, 6000])
     rep = colour_video(clip, tmp_path / "part.mkv", run, VideoConfig(end=2.5))
     assert rep.frames_out == 2 and not rep.truncated and rep.frames_lost == 0 and rep.ok
+
+
+def test_films_on_ray_build_their_model_beside_the_encoder(monkeypatch):
+    """Each Ray worker builds the engine a local film run builds: torch on the cores x264 leaves."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from colourbatch.device import threads_beside_encoder
+    built = []
+    monkeypatch.setattr(video, "Colouriser", lambda run, threads=None: SimpleNamespace(threads=threads))
+    monkeypatch.setattr(video, "on_ray", lambda items, run, work, on_result, on_failure, build=None:
+                        built.append((build or partial(video.Colouriser, run))()))
+    video._on_ray(SimpleNamespace(jobs=[]), RunConfig(device="cpu"), VideoConfig(), lambda *a: None, None)
+    assert [e.threads for e in built] == [threads_beside_encoder()]
+    assert video.film_engine(RunConfig(device="cpu")).threads == threads_beside_encoder()
