@@ -210,8 +210,12 @@ T = C.TrainConfig
         help="Wall-clock budget: stop cleanly and save when it runs out.")
 @option(T, "init_encoder", help="ImageNet encoder weights for models that have one: auto (installed "
                                 "package), none, or a .pth path.")
-@option(T, "encoder_lr", type=click.FloatRange(0, 1, min_open=True),
-        help="The pretrained encoder's learning rate as a share of the peak.")
+@option(T, "encoder_lr", type=click.FloatRange(0, 1),
+        help="The pretrained encoder's learning rate as a share of the peak; 0 freezes it "
+             "(weights and BatchNorm statistics).")
+@option(T, "rebalance", type=click.FloatRange(0, 1),
+        help="Class rebalancing of bin models (Zhang's lambda): 1 trains on the data's own colour "
+             "frequencies, lower values weight rare colours up.")
 @option(T, "ema", type=click.FloatRange(0, 1, max_open=True),
         help="Decay of a moving average of the weights, which is validated and saved (0: off).")
 @option(T, "seed", type=int, help="Data order, augmentation, initialisation.")

@@ -176,7 +176,7 @@ class TrainConfig:
     rebalance: float = 0.5           # Zhang's lambda: mix of bin prior and uniform in the class weights
     sigma: float = 5.0               # soft-encoding width (LAB units) over the 5 nearest bins
     reg_weight: float = 0.5          # weight of the L1 term on the distribution's mean a/b (faithfulness)
-    encoder_lr: float = 1.0          # the pretrained encoder's lr as a share of the peak: below 1 keeps more of what ImageNet taught
+    encoder_lr: float = 1.0          # the pretrained encoder's lr as a share of the peak: below 1 keeps more of what ImageNet taught; 0 freezes it
     ema: float = 0.0                 # decay of an exponential moving average of the weights (0: off); the average is validated and saved
     metadata: dict = field(default_factory=dict)  # extra facts to record in the weights (recipe, data hash)
 

@@ -214,6 +214,7 @@ class DefaultNet(nn.Module):
     """
 
     drawn = False  # colours grey pictures (its input is their L)
+    frozen_encoder = False  # set by freeze_encoder (training with encoder_lr 0)
     #: State entries a whole-network initialisation (`init_encoder` with a colourbatch
     #: weights file) leaves as they are: the prior is the training data's own.
     fresh = ("prior",)
@@ -240,6 +241,20 @@ class DefaultNet(nn.Module):
 
     def forward(self, l: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(l))
+
+    def freeze_encoder(self) -> None:
+        """Keep the pretrained encoder as it is while training: no gradients (its backward
+        pass is skipped, a cheaper step) and BatchNorm in eval mode, so its ImageNet
+        statistics are not re-estimated from a few hundred grey pictures either."""
+        self.frozen_encoder = True
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "DefaultNet":
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()  # validation's .train() afterwards must not wake its BatchNorm
+        return self
 
     def features(self, l: torch.Tensor) -> torch.Tensor:
         """The decoder's last features (B, decoder[-1], h, w), at the logits' resolution."""
@@ -354,7 +369,12 @@ class DefaultNet(nn.Module):
         """AdamW over all parameters; with `encoder_lr` below 1 the pretrained encoder is a
         group of its own whose lr is that share of the peak (its `lr_scale`), so the ImageNet
         features are adapted, not relearnt, from a few hundred pictures. One group otherwise
-        (the group layout --resume files of earlier runs hold)."""
+        (the group layout --resume files of earlier runs hold). `encoder_lr` 0 freezes the
+        encoder (`freeze_encoder`): the decoder alone is trained, on ImageNet's features."""
+        if encoder_lr == 0.0:
+            self.freeze_encoder()
+            return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad],
+                                     lr=lr, weight_decay=weight_decay)
         if encoder_lr == 1.0:
             return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
         enc = set(map(id, self.encoder.parameters()))

@@ -69,6 +69,17 @@ def test_train_ema_writes_the_average_and_resume_must_keep_it(kaggle_dir, tmp_pa
     assert r.exit_code == 2 and "Invalid value for '--ema'" in r.output
 
 
+def test_train_rebalance_and_frozen_encoder_reach_the_recipe(kaggle_dir, tmp_path):
+    out = tmp_path / "z.pt"
+    r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 1, "--rebalance", 1,
+             "--encoder-lr", 0, *TINY)
+    assert r.exit_code == 0, r.output
+    recipe = checkpoint.read(out)["metadata"]["train_config"]
+    assert recipe["rebalance"] == 1.0 and recipe["encoder_lr"] == 0.0
+    r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 1, "--rebalance", 1.5, *TINY)
+    assert r.exit_code == 2 and "Invalid value for '--rebalance'" in r.output
+
+
 @pytest.mark.parametrize("case, message", [
     ("bad_kaggle", "do not pair"),
     ("missing", "no such file or folder"),

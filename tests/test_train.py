@@ -397,6 +397,26 @@ def test_ema_saves_the_average_and_resumes_to_the_same_weights(kaggle_dir, tmp_p
         train(_cfg([kaggle_dir], tmp_path / "c.pt", resume=str(ck), steps=8))
 
 
+def test_encoder_lr_zero_freezes_the_encoder_weights_and_batchnorm(kaggle_dir, tmp_path):
+    # A first run gives an encoder to start from; the second freezes it and trains on.
+    with within(180):
+        train(_cfg([kaggle_dir], tmp_path / "a.pt", model="default", steps=2, size=32, lr=1e-2), _Events())
+        train(_cfg([kaggle_dir], tmp_path / "b.pt", model="default", steps=3, size=32, lr=1e-2,
+                   encoder_lr=0.0, init_encoder=str(tmp_path / "a.pt"), val_every=2), _Events())
+    a, b = (checkpoint.read(tmp_path / f"{n}.pt")["state"] for n in "ab")
+    enc = [k for k in a if k.startswith("encoder.")]
+    assert any(k.endswith("running_mean") for k in enc) and any(k.endswith(".weight") for k in enc)
+    # Weights and BatchNorm statistics alike, through a mid-run validation (eval, then train).
+    assert all(torch.equal(a[k], b[k]) for k in enc)
+    assert not torch.equal(a["head.weight"], b["head.weight"])  # the decoder did learn
+    assert not torch.equal(a["up4.1.running_mean"], b["up4.1.running_mean"])
+    # Only the decoder is in the optimiser: the encoder costs no gradient and no state.
+    groups = checkpoint.read(tmp_path / "b.pt.ckpt")["train"]["optimizer"]["param_groups"]
+    net = model_table.build_model("default")
+    assert sum(len(g["params"]) for g in groups) == \
+        len(list(net.parameters())) - len(list(net.encoder.parameters()))
+
+
 def test_encoder_lr_gives_the_encoder_its_share_of_the_peak(kaggle_dir, tmp_path):
     with within(120):
         train(_cfg([kaggle_dir], tmp_path / "d.pt", model="default", steps=2, size=32, lr=1e-3,

@@ -82,6 +82,11 @@ def plan() -> list[str]:
 VARIANTS = {
     "default": dict(model="default"),
     "ema": dict(model="default", ema=0.999, encoder_lr=0.1),
+    # The encoder as ImageNet left it (weights and BatchNorm statistics); the decoder learns.
+    "frozen": dict(model="default", encoder_lr=0.0),
+    # No class rebalancing: the softmax is then the data's posterior, which is what
+    # 'confident' decoding reads its certainty from.
+    "unbalanced": dict(model="default", rebalance=1.0),
     "seed": dict(model="seed"),
 }
 
