@@ -25,6 +25,8 @@ from .config import TILE  # noqa: F401  (the tile side, defined with the other s
 
 #: Largest 8-bit L value: the model's L input is L8 / L8_MAX, in [0, 1].
 L8_MAX = 255.0
+#: LAB lightness of white: L runs 0..100, and OpenCV's 8-bit L8 is L * L8_MAX / LAB_L_MAX.
+LAB_L_MAX = 100.0
 #: 8-bit a/b value of a neutral grey (OpenCV stores a + 128, b + 128).
 AB_OFFSET = 128.0
 #: Chroma (LAB units) above which a pixel counts as coloured for grey detection.

@@ -390,7 +390,7 @@ class DrawnMetrics:
     def update(self, page_l8: np.ndarray, pred_lab: np.ndarray, true_lab: np.ndarray | None = None) -> None:
         """One coloured page (its uint8 LAB) of the page `page_l8`; without a truth, white_kept
         is not counted (real pages have none)."""
-        to_l = 100.0 / colour.L8_MAX
+        to_l = colour.LAB_L_MAX / colour.L8_MAX
         ink = page_l8 < flats.INK_L8
         kept = np.abs(pred_lab[..., 0].astype(np.float32) - page_l8) * to_l <= INK_TOLERANCE
         chroma = _chroma(pred_lab)

@@ -42,8 +42,6 @@ from .errors import one_line
 #: A training loss: (raw network output, uint8 L tiles, uint8 a/b tiles, the uint8 tiles the
 #: network was given: the L tiles themselves, or the drawn pages of a drawn model) -> scalar.
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-#: LAB lightness of white (L runs 0..100; colour.py's L8 is L * L8_MAX / LAB_L_MAX).
-LAB_L_MAX = 100.0
 
 
 # --------------------------------------------------------------------------- seed
@@ -504,7 +502,7 @@ class PageNet(DefaultNet):
     def decode_layer(self, raw: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """The flat colour layer (B, 3, h, w) in LAB units (L 0..100, a, b), fp32: a/b as `decode`
         gives them (the weights' own decoding), L from the layer head."""
-        return torch.cat([self.layer_unit(raw) * LAB_L_MAX, self.decode(raw, temperature)], 1)
+        return torch.cat([self.layer_unit(raw) * colour.LAB_L_MAX, self.decode(raw, temperature)], 1)
 
     def make_loss(self, rebalance: float, sigma: float, reg_weight: float) -> Loss:
         """DefaultNet's a/b loss + L1 of the layer's L against the picture's, off the ink."""
@@ -518,7 +516,7 @@ class PageNet(DefaultNet):
             ink = (x8 if x8 is not None else l8) < self.INK_L8
             paper = 1.0 - F.adaptive_avg_pool2d(ink.float(), side)  # share of each cell off the ink
             err = ((pred - target).abs() * paper).sum() / paper.sum().clamp_min(1.0)
-            return ab_loss(raw, l8, ab8) + self.LAYER_WEIGHT * err * LAB_L_MAX / step
+            return ab_loss(raw, l8, ab8) + self.LAYER_WEIGHT * err * colour.LAB_L_MAX / step
         return loss
 
 
@@ -641,6 +639,6 @@ def predict_layer8(model: nn.Module, l8: torch.Tensor, temperature: float | None
         lab = decode_layer(raw, temperature)
     else:
         ab = model.decode(raw, temperature)
-        lab = torch.cat([torch.full_like(ab[:, :1], LAB_L_MAX), ab], 1)
-    l8_out = lab[:, :1].mul(colour.L8_MAX / LAB_L_MAX).round_().clamp_(0, 255).byte()
+        lab = torch.cat([torch.full_like(ab[:, :1], colour.LAB_L_MAX), ab], 1)
+    l8_out = lab[:, :1].mul(colour.L8_MAX / colour.LAB_L_MAX).round_().clamp_(0, 255).byte()
     return torch.cat([l8_out, colour.units_to_ab8(lab[:, 1:])], 1)
