@@ -16,17 +16,19 @@ overlapping stages of `colour_job`:
    bounds to avoid decoding frames twice, so `workers` is capped at 1 (0 =
    decode in the main process, for debugging);
 2. the main process runs the model on each batch (pipeline.Colouriser.predict:
-   one host transfer per batch), then temporal.Stabiliser holds the low-resolution
+   one host transfer per batch) and hands the batch to the writer thread;
+3. the writer thread first runs temporal.Stabiliser, which holds the low-resolution
    a/b still along the motion between the L tiles, averaging each frame's with
    its shot's neighbours up to `VideoConfig.reach` frames either side, carrying
    its state from batch to batch in display order, and counts the scene cuts
    that end a shot. It looks ahead, so a frame's a/b are final up to `reach`
    frames later: the frames' luma planes and pts wait in a queue of that length
-   (`held`) and go to the writer with their a/b;
-3. a writer thread turns a/b into chroma at the output's chroma-plane size
-   (colour.lab_to_chroma, with L from the luma averaged down to that size, in
-   the source's matrix and range) and hands the source's luma plane, untouched,
-   with that chroma to the encoder (media.Encoder.write_planes, with
+   (`held`). Off the main thread, the stabiliser's optical flow overlaps the
+   next batch's forward instead of following it. The writer then turns a/b
+   into chroma at the output's chroma-plane size (colour.lab_to_chroma, with
+   L from the luma averaged down to that size, in the source's matrix and
+   range) and hands the source's luma plane, untouched, with that chroma to
+   the encoder (media.Encoder.write_planes, with
    carry.Carrier bringing the audio and subtitles along), fed through a bounded
    queue. With a lossless codec the output's luma is the input's, bit for bit.
    --compare writes the luma twice, neutral chroma on the left.
@@ -363,13 +365,18 @@ def sample_indices(estimate: int | None, k: int) -> frozenset[int]:
 
 # ------------------------------------------------------------- stage 3: write
 class _Writer(threading.Thread):
-    """Turns a/b into chroma beside each frame's luma and encodes, off the main thread (cv2 and
-    the encoders release the GIL)."""
+    """Stabilises the model's a/b, turns them into chroma beside each frame's luma and encodes,
+    off the main thread (cv2 and the encoders release the GIL), which meanwhile runs the model
+    on the next batch."""
 
     def __init__(self, enc: media.Encoder, compare: bool, depth: int,
-                 on_frames: Callable[[int], None]):
+                 on_frames: Callable[[int], None], stabiliser: temporal.Stabiliser):
         super().__init__(name="colourbatch-writer", daemon=True)
         self.enc, self.compare, self.on_frames = enc, compare, on_frames
+        self.stabiliser = stabiliser
+        # (luma, pts) of the frames the stabiliser still holds (it looks ahead): its reach in
+        # frames, whose planes keep their batches alive: at most reach + 2 batches' luma.
+        self.held: deque[tuple[np.ndarray, int]] = deque()
         self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.error: BaseException | None = None
         self.stop = threading.Event()
@@ -380,19 +387,29 @@ class _Writer(threading.Thread):
         try:
             while True:
                 item = self.q.get()
-                if item is None or self.stop.is_set():
+                if self.stop.is_set():
                     return
-                ys, ab, pts = item
-                for i in range(len(ys)):
-                    self.enc.write_planes(*self.planes(ys[i], ab[i]), int(pts[i]))
-                    if self.first_pts is None:
-                        self.first_pts = int(pts[i])
-                    self.last_pts = int(pts[i])
-                    if self.stop.is_set():
-                        return
-                self.on_frames(len(ys))
+                if item is None:  # the film ended: every frame still held is final now
+                    self.write(self.stabiliser.finish())
+                    return
+                tiles, ys, ab, pts = item
+                self.held.extend(zip(ys, pts))
+                self.write(self.stabiliser.feed(tiles, ab))
         except BaseException as exc:  # handed to the main thread, which raises it
             self.error = exc
+
+    def write(self, ab: np.ndarray) -> None:
+        """Encode the frames whose stabilised a/b are final: the oldest len(ab) held."""
+        for i in range(len(ab)):
+            y, pts = self.held.popleft()
+            self.enc.write_planes(*self.planes(y, ab[i]), int(pts))
+            if self.first_pts is None:
+                self.first_pts = int(pts)
+            self.last_pts = int(pts)
+            if self.stop.is_set():
+                return
+        if len(ab):
+            self.on_frames(len(ab))
 
     def planes(self, y: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(luma, Cb, Cr) of one output frame: the source's luma, chroma from `ab` at the chroma size."""
@@ -431,13 +448,6 @@ class _Writer(threading.Thread):
 
 
 # --------------------------------------------------------------------- driver
-def _write_final(writer: _Writer, held: deque, ab: np.ndarray) -> None:
-    """Hand the writer the frames whose stabilised a/b are final: the oldest len(ab) held."""
-    if len(ab):
-        frames = [held.popleft() for _ in range(len(ab))]
-        writer.put(([y for y, _ in frames], ab, [p for _, p in frames]))
-
-
 def film_engine(run: RunConfig) -> Colouriser:
     """The model a film run colours with: torch on the cores x264 leaves it (one home for that
     choice, in this process and in each Ray worker)."""
@@ -498,9 +508,6 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
     files.remove_stale_temps([dst])  # what a killed earlier run of this film left
     # A fresh state per film and per part: --start begins a shot of its own.
     stabiliser = temporal.Stabiliser(vcfg.stability, vcfg.reach)
-    # (luma, pts) of the frames the stabiliser still holds (it looks ahead): its reach in frames,
-    # whose planes keep their batches alive: at most reach + 2 batches' full-resolution luma.
-    held: deque[tuple[np.ndarray, int]] = deque()
     with files.atomic_output(dst, make_parents=job.make_folder) as tmp:
         try:
             workers = min(run.workers, 1)
@@ -514,7 +521,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
             enc = media.Encoder(tmp, info, width, info.height, vcfg, start, end,
                                 video_title="colourbatch compare: grey | colour" if vcfg.compare else None,
                                 carried=carried)
-            writer = _Writer(enc, vcfg.compare, vcfg.queue_batches, frames_written)
+            writer = _Writer(enc, vcfg.compare, vcfg.queue_batches, frames_written, stabiliser)
             writer.start()
             try:
                 for item in it:
@@ -527,12 +534,10 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
                     tiles = item["tiles"]
                     if colouriser.pin:
                         tiles = tiles.pin_memory()  # only the small tiles: the full-res luma stays on the host
-                    held.extend(zip(item["y"].numpy(), item["pts"].numpy()))
-                    _write_final(writer, held, stabiliser.feed(item["tiles"][:, 0].numpy(),
-                                                               colouriser.predict(tiles)))
+                    writer.put((item["tiles"][:, 0].numpy(), item["y"].numpy(), colouriser.predict(tiles),
+                                item["pts"].numpy()))
             finally:
                 it = None  # shuts the decode worker down, also on Ctrl-C
-            _write_final(writer, held, stabiliser.finish())
             writer.put(None)
             writer.join()
             if writer.error is not None:
