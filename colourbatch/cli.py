@@ -213,7 +213,7 @@ T = C.TrainConfig
 @option(T, "encoder_lr", type=click.FloatRange(0, 1),
         help="The pretrained encoder's learning rate as a share of the peak; 0 freezes it "
              "(weights and BatchNorm statistics).")
-@option(T, "rebalance", type=click.FloatRange(0, 1),
+@option(T, "rebalance", type=click.FloatRange(0, 1, min_open=True),
         help="Class rebalancing of bin models (Zhang's lambda): 1 trains on the data's own colour "
              "frequencies, lower values weight rare colours up.")
 @option(T, "ema", type=click.FloatRange(0, 1, max_open=True),

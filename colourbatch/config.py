@@ -173,7 +173,7 @@ class TrainConfig:
     seed: int = 0                    # data order, augmentation and initialisation
     resume: str | None = None        # a .ckpt file to continue from exactly
     init_encoder: str = "auto"       # start weights: 'auto' (installed ImageNet package), 'none', a .pth path, or a colourbatch weights file
-    rebalance: float = 0.5           # Zhang's lambda: mix of bin prior and uniform in the class weights
+    rebalance: float = 1.0           # Zhang's lambda (1: no class rebalancing): on collections never seen, rebalancing painted rare colours wrongly
     sigma: float = 5.0               # soft-encoding width (LAB units) over the 5 nearest bins
     reg_weight: float = 0.5          # weight of the L1 term on the distribution's mean a/b (faithfulness)
     encoder_lr: float = 1.0          # the pretrained encoder's lr as a share of the peak: below 1 keeps more of what ImageNet taught; 0 freezes it

@@ -109,6 +109,9 @@ def _train(cfg, emit, device, dtype, rank, world, main, resume_blob):
             raise TrainError(f"cannot initialise the encoder: {one_line(exc)}") from None
         if how is not None:
             notes["encoder_init"] = how
+        if cfg.encoder_lr == 0 and (how is None or how.startswith("random")):
+            raise TrainError("--encoder-lr 0 freezes the pretrained encoder, but this one starts "
+                             f"random ({how or 'the model has none'}); install or give ImageNet weights")
     net = prepare_model(net, device)
     lr = cfg.lr if cfg.lr is not None else MODELS[cfg.model].lr
     opt = net.configure_optimizers(lr, cfg.weight_decay, cfg.encoder_lr)
@@ -271,10 +274,21 @@ def _save(cfg, net, opt, step, seen, world, seconds, metrics, out, ck_path, note
     ckpt.save(out, ema.module if ema is not None else net, meta, half=True)
 
 
+#: Loss and optimiser settings a resumed run keeps: changed, the run would not continue the same
+#: training (and a changed default would change it silently), so a resume must repeat them.
+RESUME_KEEPS = ("rebalance", "sigma", "reg_weight", "encoder_lr")
+
+
 def _check_resume(cfg: TrainConfig, blob: dict[str, Any]) -> None:
-    """The --resume file must be a training checkpoint of the model asked for."""
+    """The --resume file must be a training checkpoint of the model asked for, trained with the
+    same loss and optimiser settings."""
     if "train" not in blob:
         raise TrainError(f"{cfg.resume}: holds weights only, no training state to resume "
                          f"(use the .ckpt file training wrote)")
     if blob["model"] != cfg.model:
         raise TrainError(f"{cfg.resume}: is a '{blob['model']}' checkpoint, not '{cfg.model}'")
+    saved = blob.get("metadata", {}).get("train_config", {})
+    for name in RESUME_KEEPS:
+        if name in saved and saved[name] != getattr(cfg, name):
+            raise TrainError(f"{cfg.resume}: was trained with {name} {saved[name]}, not "
+                             f"{getattr(cfg, name)}; resume it with --{name.replace('_', '-')} {saved[name]}")

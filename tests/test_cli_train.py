@@ -69,15 +69,30 @@ def test_train_ema_writes_the_average_and_resume_must_keep_it(kaggle_dir, tmp_pa
     assert r.exit_code == 2 and "Invalid value for '--ema'" in r.output
 
 
-def test_train_rebalance_and_frozen_encoder_reach_the_recipe(kaggle_dir, tmp_path):
+def test_train_rebalance_and_encoder_lr_reach_the_recipe_and_resume_must_keep_them(kaggle_dir, tmp_path):
     out = tmp_path / "z.pt"
-    r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 1, "--rebalance", 1,
-             "--encoder-lr", 0, *TINY)
+    r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 1, "--rebalance", 0.25,
+             "--encoder-lr", 0.5, *TINY)
     assert r.exit_code == 0, r.output
     recipe = checkpoint.read(out)["metadata"]["train_config"]
-    assert recipe["rebalance"] == 1.0 and recipe["encoder_lr"] == 0.0
-    r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 1, "--rebalance", 1.5, *TINY)
-    assert r.exit_code == 2 and "Invalid value for '--rebalance'" in r.output
+    assert recipe["rebalance"] == 0.25 and recipe["encoder_lr"] == 0.5
+    # A resume that drops a setting would go on with the default: refused, naming the flag.
+    r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 2, "--resume", f"{out}.ckpt",
+             "--encoder-lr", 0.5, *TINY)
+    assert r.exit_code == 2 and "was trained with rebalance 0.25" in r.stderr \
+        and "--rebalance 0.25" in r.stderr, r.output
+    # lambda 0 would weigh colours the data never shows infinitely (a NaN loss): refused.
+    for bad in (0, 1.5):
+        r = _run("train", "--data", kaggle_dir, "--out", out, "--steps", 1, "--rebalance", bad, *TINY)
+        assert r.exit_code == 2 and "Invalid value for '--rebalance'" in r.output
+
+
+def test_train_refuses_to_freeze_a_random_encoder(kaggle_dir, tmp_path):
+    args = [a for a in TINY if a not in ("--model", "seed")]
+    r = _run("train", "--data", kaggle_dir, "--out", tmp_path / "f.pt", "--steps", 1, "--model", "default",
+             "--init-encoder", "none", "--encoder-lr", 0, *args)
+    assert r.exit_code == 2 and "--encoder-lr 0 freezes the pretrained encoder" in r.stderr, r.output
+    assert not (tmp_path / "f.pt").exists()
 
 
 @pytest.mark.parametrize("case, message", [

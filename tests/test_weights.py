@@ -41,17 +41,17 @@ def test_weights_describe_their_training(name):
     assert (WEIGHTS / f"{name}.pt").stat().st_size < 10_000_000  # small enough for the repo
 
 
-#: weights/default.pt as its training run left it (before `python weights/recipe.py fp32`).
-TRAINED_DEFAULT_SHA256 = "4442845efa2b6a726f8f669f6d72dbeb1b96c811c06a72cd7e921acd889f371f"
-
-
-def test_default_is_the_fp32_step_of_the_trained_weights():
-    # The run trained under bf16 autocast and coloured worse in fp32 (auto's choice on a CPU
-    # without native bf16); the shipped file is that run distilled to colour as well in fp32.
-    _, meta = checkpoint.load(WEIGHTS / "default.pt")
-    step = meta["fp32_step"]
-    assert step["source_sha256"] == TRAINED_DEFAULT_SHA256
-    assert step["recipe"] == "python weights/recipe.py fp32" and step["steps"] >= 300
+def test_default_is_the_shipped_recipes_run_with_its_chosen_decoding():
+    # Since 27 Nov 2026 the default is the 'all' run of the recipe measured on collections held
+    # out whole (no class rebalancing, fp32 training), shipped by `recipe.py ship` with the
+    # decoding chosen on those collections; the file it came from is recorded by hash.
+    model, meta = checkpoint.load(WEIGHTS / "default.pt")
+    assert meta["recipe"] == "python weights/recipe.py loso all unbalanced"
+    recipe = meta["train_config"]
+    assert recipe["rebalance"] == 1.0 and recipe["precision"] == "fp32" and recipe["steps"] == 4000
+    assert "held out whole" in meta["decode_chosen_on"]
+    assert len(meta["shipped_from"]["sha256"]) == 64
+    assert model.cfg.decode in ("annealed", "confident") and 0 < model.cfg.temperature <= 1
 
 
 def colour_photo(weights: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,11 @@
 """The recipe that built the shipped weights: run from the repository root.
 
-    python weights/recipe.py default   # -> weights/default.pt (+ .ckpt, not shipped)
+    python weights/recipe.py loso all unbalanced  # -> weights/loso/unbalanced-all.pt (fp32, 4000 steps)
+    python weights/recipe.py ship unbalanced confident 0.7  # -> weights/default.pt, its decoding; SHA256SUMS
     python weights/recipe.py seed      # -> weights/seed.pt
+    The default shipped until 27 Nov 2026 (rebalanced, bf16; in git history before the commit
+    that says "ship"), and what page.pt was fine-tuned from:
+    python weights/recipe.py default   # -> weights/default.pt (+ .ckpt, not shipped)
     python weights/recipe.py finalize T  # set the default's temperature, write SHA256SUMS
     python weights/recipe.py decode confident  # set the default's own decoding, write SHA256SUMS
     python weights/recipe.py fp32 [SOURCE [OUT]]  # weights/default.pt that colours as well in fp32 as in bf16
@@ -9,14 +13,16 @@
     python weights/recipe.py loso SOURCE VARIANT [MINUTES]  # one run of that plan: photos/SOURCE held out whole
     python weights/recipe.py loso-all [OUT [PARALLEL [MINUTES]]]  # the whole plan, PARALLEL runs at a time (a GPU)
     python weights/page_data.py        # -> /work/data-extra/drawn (Open Clip Art colour drawings)
-    python weights/recipe.py page [CKPT]  # -> weights/page.pt, from weights/default.pt (resume: CKPT)
+    python weights/recipe.py page [CKPT]  # -> weights/page.pt, from weights/page-init.pt (resume: CKPT)
     python weights/recipe.py finalize-page T  # set the page model's temperature, write SHA256SUMS
 
 Equivalent CLI: colourbatch train --data ../shared/data/photos --data
 ../shared/data/cutouts --data ../shared/data/animation --model MODEL
 --out weights/MODEL.pt --steps 4000 --batch-size 16 --size 176 --crops 8
 --val-fraction 0.06 --val-every 250 --val-images 64 --ckpt-every 250 --threads 1 --workers 1 --max-minutes 85
-(the two models were trained side by side, one core each, on a 2-core CPU).
+--rebalance 0.5 (the rebalanced default and the seed, trained side by side, one core each, on a
+2-core CPU); the shipped default since 27 Nov 2026 is the same with --model default --rebalance 1
+--precision fp32 and no --max-minutes (`loso all unbalanced`).
 Progress goes to stdout as JSON lines.
 """
 import json
@@ -49,19 +55,21 @@ def show(kind, info):
 def plan() -> list[str]:
     """The retrain with held-out sources, as commands (`loso-all` runs them all).
 
-    1. For each photo collection and each variant (VARIANTS: the shipped recipe,
-       the same with a slower encoder and a weight average, the seed), train with
+    1. For each photo collection and each variant (VARIANTS: the shipped recipe
+       'unbalanced', the rebalanced one shipped before, the latter with a slower
+       encoder and a weight average, or a frozen encoder, and the seed), train with
        the collection held out whole (`loso`), in fp32. On a 2-core CPU one run is
-       about 85 min (default) / 49 min (seed): 24 runs, about 26 h on one core each.
+       about 60-90 min (default model) / 49 min (seed): 45 runs, about 55 h on one
+       core each.
     2. Score each run on its own held-out collection, with both decodings and at
        both precisions: grey, seed, each default variant annealed and confident.
     3. Pool the per-collection rows (weight each collection by its pictures), pick
        the recipe and the decode setting by the issue's targets on the pooled
        held-out rows only, then ship that variant's 'all' run (every collection,
-       the shipped path-hash split) and the seed's, and `finalize` with the chosen
-       temperature and decoding.
+       the shipped path-hash split) and the seed's, and `ship` it with the chosen
+       decoding and temperature.
     Levers not yet tried (each needs code first): stronger photometric
-    augmentation, crops of the full-size wallpapers, a frozen encoder.
+    augmentation, crops of the full-size wallpapers.
     """
     cmds = []
     for source in SOURCES + ("all",):
@@ -80,13 +88,14 @@ def plan() -> list[str]:
 #: 'ema' keeps more of what ImageNet taught (the encoder at a tenth of the peak lr) and
 #: validates and ships a moving average of the weights (the issue's generalisation levers).
 VARIANTS = {
-    "default": dict(model="default"),
-    "ema": dict(model="default", ema=0.999, encoder_lr=0.1),
-    # The encoder as ImageNet left it (weights and BatchNorm statistics); the decoder learns.
-    "frozen": dict(model="default", encoder_lr=0.0),
     # No class rebalancing: the softmax is then the data's posterior, which is what
-    # 'confident' decoding reads its certainty from.
+    # 'confident' decoding reads its certainty from. The shipped default since 27 Nov 2026.
     "unbalanced": dict(model="default", rebalance=1.0),
+    # Zhang's rebalancing (lambda 0.5): the recipe of the default shipped until 27 Nov 2026.
+    "rebalanced": dict(model="default", rebalance=0.5),
+    "ema": dict(model="default", rebalance=0.5, ema=0.999, encoder_lr=0.1),
+    # The encoder as ImageNet left it (weights and BatchNorm statistics); the decoder learns.
+    "frozen": dict(model="default", rebalance=0.5, encoder_lr=0.0),
     "seed": dict(model="seed"),
 }
 
@@ -159,11 +168,21 @@ DRAWN = Path("/work/data-extra/drawn")
 PAGE_HOLDOUT = ("food", "buildings")
 
 
-def page_config(resume: str | None = None) -> TrainConfig:
-    """The page model: drawn pages from Open Clip Art, fine-tuned from the shipped default weights."""
+#: The file page.pt was fine-tuned from: the rebalanced default as its bf16 run left it (before the
+#: fp32 step), weights/default.pt at commit aaf2cb7.
+PAGE_INIT_SHA256 = "4442845efa2b6a726f8f669f6d72dbeb1b96c811c06a72cd7e921acd889f371f"
+
+
+def page_config(resume: str | None = None, init: str = "weights/page-init.pt") -> TrainConfig:
+    """The page model: drawn pages from Open Clip Art, fine-tuned from the rebalanced default's
+    trained file (`git show aaf2cb7:weights/default.pt > weights/page-init.pt`), not from
+    whatever default ships now."""
+    if resume is None and (not Path(init).exists() or file_sha256(init) != PAGE_INIT_SHA256):
+        raise SystemExit(f"{init}: not the file page.pt starts from; run "
+                         f"git show aaf2cb7:weights/default.pt > {init}")
     return TrainConfig(
         data=(str(DRAWN),), out="weights/page.pt", checkpoint="weights/page.pt.ckpt", model="page",
-        holdout=PAGE_HOLDOUT, init_encoder="weights/default.pt", steps=2000, batch_size=16, size=176,
+        holdout=PAGE_HOLDOUT, init_encoder=init, rebalance=0.5, steps=2000, batch_size=16, size=176,
         crops=4, warmup=100, val_every=250, val_images=96, ckpt_every=100, log_every=10, seed=0,
         threads=1, workers=1, precision="fp32", max_minutes=72, resume=resume,
         metadata={"recipe": "python weights/recipe.py page",
@@ -246,7 +265,9 @@ def write_sums() -> None:
 
 
 def main() -> None:
-    name = sys.argv[1] if len(sys.argv) > 1 else "default"
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    name = sys.argv[1]
     if name == "plan":
         print("\n".join(plan()))
         return
@@ -255,13 +276,22 @@ def main() -> None:
         return
     if name == "loso":
         minutes = float(sys.argv[4]) if len(sys.argv) > 4 else None
-        train(loso_config(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "default", minutes), show)
+        train(loso_config(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "unbalanced", minutes), show)
         return
     if name == "loso-all":
         run_plan(sys.argv[2] if len(sys.argv) > 2 else "weights/loso/results",
                  int(sys.argv[3]) if len(sys.argv) > 3 else 2,
                  float(sys.argv[4]) if len(sys.argv) > 4 else None)
         return
+    if name in ("finalize", "decode", "fp32"):
+        # These rewrite facts about the rebalanced bf16 run (the default shipped until 27 Nov 2026)
+        # into weights/default.pt: refused on any other file, so they cannot mislabel the default.
+        from colourbatch import checkpoint
+
+        made_by = checkpoint.read("weights/default.pt")["metadata"].get("recipe")
+        if made_by != "python weights/recipe.py default":
+            raise SystemExit(f"weights/default.pt was made by '{made_by}', not 'python weights/recipe.py "
+                             f"default': '{name}' applies to that run only (use 'ship' for this one)")
     if name == "finalize":
         # python weights/recipe.py finalize T: set the default model's decoding temperature
         # (chosen on the cutouts/animation validation images, see weights/README.md), then
@@ -297,6 +327,33 @@ def main() -> None:
         checkpoint.save("weights/default.pt", model, blob["metadata"], half=True)
         write_sums()
         return
+    if name == "ship":
+        # python weights/recipe.py ship VARIANT DECODE T: weights/loso/VARIANT-all.pt becomes
+        # weights/default.pt with its decoding and temperature (chosen on collections held out
+        # whole, docs/quality.md), then SHA256SUMS.
+        from colourbatch import checkpoint
+
+        from colourbatch.config import DECODES
+
+        variant, decode, t = sys.argv[2], sys.argv[3], float(sys.argv[4])
+        if decode not in DECODES:
+            raise SystemExit(f"unknown decode {decode!r}; one of: {', '.join(DECODES)}")
+        src = f"weights/loso/{variant}-all.pt"
+        blob = checkpoint.read(src)
+        meta = blob["metadata"]
+        if meta["steps"] < meta["train_config"]["steps"]:
+            raise SystemExit(f"{src}: stopped at step {meta['steps']} of {meta['train_config']['steps']}; "
+                             f"finish it first (resume its .ckpt)")
+        blob["config"]["decode"], blob["config"]["temperature"] = decode, t
+        blob["metadata"]["decode_chosen_on"] = (
+            f"collections held out whole: 1500-step runs of the '{variant}' recipe without "
+            "gcompris-qt-data (263 photos) and without pexels-interiors, wallpapers, kalzium-data, "
+            "tuxpaint-data, palapeli-data (143 photos); docs/quality.md")
+        blob["metadata"]["shipped_from"] = {"file": src, "sha256": file_sha256(src)}
+        model = checkpoint.model_from_blob(blob, src)
+        checkpoint.save("weights/default.pt", model, blob["metadata"], half=True)
+        write_sums()
+        return
     if name == "finalize-page":
         # python weights/recipe.py finalize-page T: the page model's decoding temperature
         # (chosen with `colourbatch evaluate --drawn` on its held-out categories), then SHA256SUMS.
@@ -309,9 +366,10 @@ def main() -> None:
         checkpoint.save("weights/page.pt", model, blob["metadata"], half=True)
         write_sums()
         return
+    # The run that built the default shipped until 27 Nov 2026 (bf16, rebalanced), and the seed.
     cfg = TrainConfig(
         data=(str(DATA / "photos"), str(DATA / "cutouts"), str(DATA / "animation")),
-        out=f"weights/{name}.pt", checkpoint=f"weights/{name}.pt.ckpt", model=name,
+        out=f"weights/{name}.pt", checkpoint=f"weights/{name}.pt.ckpt", model=name, rebalance=0.5,
         val_fraction=0.06, threads=1, workers=1, max_minutes=85, **SCHEDULE,
         resume=sys.argv[2] if len(sys.argv) > 2 else None,
         metadata={"recipe": f"python weights/recipe.py {name}",

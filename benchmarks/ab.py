@@ -1,0 +1,61 @@
+"""A/B of `colourbatch video` between two checkouts of this repository, on the same clips.
+
+    python benchmarks/ab.py CHECKOUT_A CHECKOUT_B [--rounds 2] [--film ../shared/data/media/video/bikes.mp4]
+
+Makes the real clip at 720p and 1080p (benchmarks/floor.real_clip), then colours
+it with each checkout's own code, benchmarks/floor.py and shipped weights in a fresh process
+(floor.pipeline_fps: a warm model, the steady state), alternating A and B
+round by round so that both see the same machine. Prints frames/s and CPU ms a
+frame per run and the best of each. For a code change's effect; the ratios to
+the floor come from benchmarks/video.py.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import floor  # noqa: E402
+
+CHILD = r'''
+import json, sys
+sys.path.insert(0, "benchmarks")
+from pathlib import Path
+import floor
+eng = floor.engine("weights/default.pt")
+print(json.dumps(floor.pipeline_fps(Path(sys.argv[1]), eng, sys.argv[2])))
+'''
+CASES = ((720, "veryfast"), (720, "medium"), (1080, "veryfast"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkouts", nargs=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--film", default="../shared/data/media/video/bikes.mp4")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    sizes = {720: (1280, 720), 1080: (1920, 1080)}
+    clips = {s: floor.real_clip(tmp / f"real{s}.mp4", Path(args.film), *sizes[s], 4) for s in sizes}
+    runs: dict = {}
+    for _ in range(args.rounds):
+        for size, preset in CASES:
+            for d in args.checkouts:
+                out = subprocess.run([sys.executable, "-c", CHILD, str(clips[size]), preset], cwd=d,
+                                     env=dict(os.environ, PYTHONPATH=str(Path(d).absolute())),
+                                     capture_output=True, text=True, check=True)
+                fps, ms = json.loads(out.stdout.strip().splitlines()[-1])
+                runs.setdefault((size, preset, d), []).append((fps, ms))
+                print(f"{size}p {preset} {d}: {fps:.2f} frames/s, {ms:.0f} CPU ms a frame", flush=True)
+    shutil.rmtree(tmp)
+    for (size, preset, d), v in runs.items():
+        print(f"best {size}p {preset} {d}: {max(f for f, _ in v):.2f} frames/s, "
+              f"{min(m for _, m in v):.0f} CPU ms a frame")
+
+
+if __name__ == "__main__":
+    main()
