@@ -44,17 +44,24 @@ def targets_met(r, g):
                 r["auc_rebal"] >= g["auc_rebal"] + 3, 0.7 <= r["colourfulness_ratio"] <= 1.2])
 
 
-def main() -> None:
-    weights = sys.argv[1] if len(sys.argv) > 1 else "weights/default.pt"
-    data = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/photos"
+def never_trained_on(weights: str, data: str):
+    """(model, data set, val_fraction, L tiles, true LAB tiles) of the photos of `data` that
+    `weights` never trained on (its own held-out collections or split, as evaluate picks them)."""
     model, meta, _ = load_weights(weights)
     val_fraction, holdout = held_out_split(meta)
     ds = split_dataset([data], "val", val_fraction, holdout=holdout)
     l8 = torch.stack([ds[i][0] for i in range(len(ds))])
     ab8 = torch.stack([ds[i][1] for i in range(len(ds))])
+    truth = [np.dstack([l8[i, 0].numpy(), ab8[i, 0].numpy(), ab8[i, 1].numpy()]) for i in range(len(ds))]
+    return model, ds, val_fraction, l8, truth
+
+
+def main() -> None:
+    weights = sys.argv[1] if len(sys.argv) > 1 else "weights/default.pt"
+    data = sys.argv[2] if len(sys.argv) > 2 else "../shared/data/photos"
+    model, ds, val_fraction, l8, truth = never_trained_on(weights, data)
     src = [ds.source(i) for i in range(len(ds))]
     sources = sorted(set(src))
-    truth = [np.dstack([l8[i, 0].numpy(), ab8[i, 0].numpy(), ab8[i, 1].numpy()]) for i in range(len(ds))]
 
     def by_source(pics):
         acc = {s: Metrics() for s in sources}

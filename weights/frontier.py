@@ -14,15 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from calibrate import _logits  # noqa: E402
+from calibrate import _logits, never_trained_on  # noqa: E402
 
-from colourbatch.data import split_dataset  # noqa: E402
-from colourbatch.evaluate import Metrics, grey_baseline_lab, held_out_split, merged_lab  # noqa: E402
-from colourbatch.pipeline import load_weights  # noqa: E402
+from colourbatch.evaluate import Metrics, grey_baseline_lab, merged_lab  # noqa: E402
 
 TEMPERATURES = (0.2, 0.25, 0.3, 0.38, 0.5, 0.7)
 DECODINGS = (("annealed", None), ("confident", 30.0), ("confident", 20.0))
@@ -34,12 +31,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/photos")
     args = ap.parse_args()
     for weights in args.weights:
-        model, meta, _ = load_weights(weights)
-        val_fraction, holdout = held_out_split(meta)
-        ds = split_dataset([args.data], "val", val_fraction, holdout=holdout)
-        l8 = torch.stack([ds[i][0] for i in range(len(ds))])
-        ab8 = torch.stack([ds[i][1] for i in range(len(ds))])
-        truth = [np.dstack([l8[i, 0].numpy(), ab8[i, 0].numpy(), ab8[i, 1].numpy()]) for i in range(len(ds))]
+        model, ds, _, l8, truth = never_trained_on(weights, args.data)
         with torch.inference_mode():
             raw = torch.cat([_logits(model, l8[i:i + 16], torch.device("cpu"), torch.float32)
                              for i in range(0, len(ds), 16)])
