@@ -43,6 +43,7 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +184,57 @@ def glue_ms(path: Path, before: bool = True) -> dict[str, float]:
     return out
 
 
+def product_ms(path: Path, colouriser) -> dict[str, float]:
+    """CPU ms a frame of the per-frame work colourbatch does besides the floor's stages, each
+    alone on one thread (OpenCV on one thread, as in the pipeline's writer): the planes path
+    (`glue_ms`: luma -> L tile, a/b -> Cb/Cr), the colour stabiliser at its defaults
+    (temporal.Stabiliser on this clip's tiles and the model's a/b for them) and the decoding
+    of the network's output distribution into a/b (the model's `decode`, which the floor's
+    forward leaves out). Not part of the floor: what they explain is the distance between it
+    and the pipeline; what is left beyond them is the pipeline's overhead (threads,
+    processes, copies)."""
+    import cv2
+    import torch
+
+    from colourbatch import colour, media, temporal
+    from colourbatch.config import VideoConfig
+    from colourbatch.model import model_input
+
+    tags = media.probe(path).colour
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        out = {"glue": glue_ms(path, before=False)["planes (colourbatch)"]}
+        with media.open_input(str(path)) as c:
+            tiles = np.stack([colour.l_tile(colour.yuv_to_l(media.luma_plane(f, tags, f.width, f.height),
+                                                            tags.full_range)) for f in c.decode(video=0)])
+        ab = np.concatenate([colouriser.predict(torch.from_numpy(tiles[i:i + 16])[:, None])
+                             for i in range(0, len(tiles), 16)])
+        vcfg = VideoConfig()
+
+        def stabilise():
+            st = temporal.Stabiliser(vcfg.stability, vcfg.reach)
+            for i in range(0, len(tiles), 16):
+                st.feed(tiles[i:i + 16], ab[i:i + 16])
+            st.finish()
+        out["stabiliser"] = cpu_ms(stabilise, len(tiles))
+    finally:
+        cv2.setNumThreads(before)
+    net = colouriser.model
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            raw = net(model_input(torch.from_numpy(tiles[:16])[:, None]))
+            net.decode(raw)  # warm-up
+            out["distribution decode"] = statistics.median(
+                cpu_ms(lambda: net.decode(raw, colouriser.cfg.temperature, colouriser.cfg.decode), len(raw))
+                for _ in range(5))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 def network_ms(weights: str | None) -> dict[str, float]:
     """CPU ms a tile of the network's forward (batch 16, 224x224, one thread) in the runtime every
     command runs (device.prepare_model), whole and in pipeline.CPU_CHUNK tiles at a time (as
@@ -237,17 +289,20 @@ def engine(weights: str | None, precision: str = "auto"):
     import torch
 
     from colourbatch.config import RunConfig
-    from colourbatch.device import threads_beside_encoder
-    from colourbatch.pipeline import Colouriser
+    from colourbatch.video import film_engine
 
-    colouriser = Colouriser(RunConfig(weights=weights, workers=1, precision=precision),
-                            threads=threads_beside_encoder())
+    colouriser = film_engine(RunConfig(weights=weights, workers=1, precision=precision))
     colouriser.predict(torch.zeros(16, 1, 224, 224, dtype=torch.uint8))
     return colouriser
 
 
+class PipelineRun(NamedTuple):
+    fps: float       # frames/s of the whole run
+    cpu_ms: float    # CPU ms a frame: this process, its threads and the decode worker
+
+
 def pipeline_fps(path: Path, colouriser, preset: str, stability: float | None = None,
-                 keep: Path | None = None) -> tuple[float, float]:
+                 keep: Path | None = None) -> PipelineRun:
     """(frames/s, CPU ms a frame) of one `colourbatch video` run of `path` (video.colour_video with
     a loaded, warm model: the steady state of a batch of films), at `preset`, the stabiliser at
     `stability` (None: the default); the coloured film is written to `keep` when given."""
@@ -262,7 +317,7 @@ def pipeline_fps(path: Path, colouriser, preset: str, stability: float | None = 
         report = colour_video(path, keep or Path(tmp) / "out.mp4", colouriser.cfg, vcfg, colouriser=colouriser)
         seconds, cpu = time.perf_counter() - t0, all_cpu_seconds() - c0
     assert report.ok, report
-    return report.frames_out / seconds, 1000 * cpu / report.frames_out
+    return PipelineRun(report.frames_out / seconds, 1000 * cpu / report.frames_out)
 
 
 def coloured(path: Path, colouriser, out: Path) -> Path:
@@ -303,7 +358,7 @@ def main() -> None:
     stages = {"decode to YUV": dec, f"x264 crf {args.crf} {args.preset}": enc, f"network ({net_name})": net}
     floor = floor_fps(stages, cores)
     runs = [pipeline_fps(clip, colouriser, args.preset) for _ in range(max(1, args.repeat))]
-    fps, cpu = max(r[0] for r in runs), min(r[1] for r in runs)
+    fps, cpu = max(r.fps for r in runs), min(r.cpu_ms for r in runs)
     work = sum(stages.values())
 
     import platform

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.floor import (SIZES, coloured, decode_ms, encode_ms, engine, floor_fps,  # noqa: E402
-                              glue_ms, make_clip, network_ms, pipeline_fps, real_clip)
+                              make_clip, network_ms, pipeline_fps, product_ms, real_clip)
 
 #: Where the shared media may sit: beside the main checkout, or beside a worktree's folder.
 REAL = [ROOT.parent / "shared/data/media/video/bikes.mp4",
@@ -106,20 +106,21 @@ def main() -> None:
                 clips["real"] = real_clip(Path(tmp) / f"r{size}.mp4", real, w, h, seconds)
             for kind, clip in clips.items():
                 dec, _ = decode_ms(clip)
-                glue = glue_ms(clip, before=False)["planes (colourbatch)"]
+                product = product_ms(clip, colouriser)
                 colour_clip = coloured(clip, colouriser, Path(tmp) / f"c{size}{kind}.mp4")
                 for preset in [p for p in args.presets.split(",") if p]:
                     enc = encode_ms(colour_clip, preset, 18)
                     stages = {"decode": dec, "encode": enc, "network": net}
                     floor = floor_fps(stages, cores)
-                    on, on_cpu = pipeline_fps(clip, colouriser, preset)
-                    off, off_cpu = pipeline_fps(clip, colouriser, preset, stability=0.0)
+                    on = pipeline_fps(clip, colouriser, preset)
+                    off = pipeline_fps(clip, colouriser, preset, stability=0.0)
                     rows.append(dict(clip=f"{size}p {kind}", preset=preset, work=sum(stages.values()),
-                                     floor=floor, glue=glue, on=on, off=off, on_cpu=on_cpu, off_cpu=off_cpu,
-                                     **stages))
+                                     floor=floor, product=product, on=on, off=off, **stages))
                     print(f"{size}p {kind} {preset}: decode {dec:.1f} + x264 {enc:.1f} + network {net:.1f} ms "
-                          f"-> floor {floor:.2f} f/s; pipeline {on:.2f} f/s ({on / floor:.2f}), stabiliser off "
-                          f"{off:.2f} ({off / floor:.2f}); CPU ms a frame {on_cpu:.0f} / {off_cpu:.0f}", flush=True)
+                          f"-> floor {floor:.2f} f/s; pipeline {on.fps:.2f} f/s ({on.fps / floor:.2f}), "
+                          f"stabiliser off {off.fps:.2f} "
+                          f"({off.fps / floor:.2f}); CPU ms a frame {on.cpu_ms:.0f} / {off.cpu_ms:.0f}; "
+                          + ", ".join(f"{k} {v:.1f}" for k, v in product.items()), flush=True)
         rss = []
         for secs in [float(s) for s in rss_lengths.split(",") if s]:
             clip = make_clip(Path(tmp) / f"rss{secs:g}.mp4", 1280, 720, secs, fps=args.rss_fps)
@@ -134,19 +135,27 @@ def main() -> None:
           "stabiliser off (f/s) | / floor | stabiliser's cost |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        on, off = r["on"], r["off"]
         print(f"| {r['clip']} | {r['preset']} | {r['decode']:.1f} | {r['encode']:.1f} | {r['network']:.1f} | "
-              f"{r['floor']:.2f} | {r['on']:.2f} | {r['on'] / r['floor']:.2f} | {r['off']:.2f} | "
-              f"{r['off'] / r['floor']:.2f} | {100 * (1 - r['on'] / r['off']):.0f} % |")
-    print("\nCPU ms a frame (stable when the machine is shared): the floor's stages, the planes path's work "
-          "between them (L tile + chroma), and the pipeline (this process, its threads, the decode worker):\n")
-    print("| clip | preset | floor's stages | glue | pipeline | stabiliser off | floor's work / pipeline's | "
-          "cores the pipeline got |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+              f"{r['floor']:.2f} | {on.fps:.2f} | {on.fps / r['floor']:.2f} | "
+              f"{off.fps:.2f} | {off.fps / r['floor']:.2f} | "
+              f"{100 * (1 - on.fps / off.fps):.0f} % |")
+    print("\nWhere the pipeline's CPU goes, ms a frame (stable when the machine is shared): the floor's "
+          "stages; the work colourbatch does besides them, each measured alone (glue: L tile + chroma; the "
+          "stabiliser; the distribution decode); the pipeline's own total (this process, its threads, the "
+          "decode worker); what is left (threads, processes, copies); the floor's share of the pipeline's work; "
+          "and the perfect overlap of the floor's stages and that work together:\n")
+    print("| clip | preset | floor's stages | glue | stabiliser | distribution decode | pipeline | left | "
+          "floor's work / pipeline's | cores the pipeline got | floor + that work (f/s) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        p, on = r["product"], r["on"]
+        left = on.cpu_ms - r["work"] - sum(p.values())
         # CPU seconds per wall second: below the core count when other work shares the machine
         # (or the overlap leaves a core idle); the wall ratio to the floor cannot beat got / cores.
-        print(f"| {r['clip']} | {r['preset']} | {r['work']:.0f} | {r['glue']:.1f} | {r['on_cpu']:.0f} | "
-              f"{r['off_cpu']:.0f} | {r['work'] / r['on_cpu']:.2f} | {r['on_cpu'] * r['on'] / 1000:.2f} |")
+        print(f"| {r['clip']} | {r['preset']} | {r['work']:.0f} | {p['glue']:.1f} | {p['stabiliser']:.1f} | "
+              f"{p['distribution decode']:.1f} | {on.cpu_ms:.0f} | {left:.0f} | {r['work'] / on.cpu_ms:.2f} | "
+              f"{on.cpu_ms * on.fps / 1000:.2f} | {cores * 1000 / (r['work'] + sum(p.values())):.2f} |")
     if rss:
         print("\n| 720p clip | frames | peak RSS main (MiB) | peak RSS decode worker (MiB) |")
         print("|---|---:|---:|---:|")

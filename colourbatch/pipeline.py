@@ -13,6 +13,7 @@ nothing here prints.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -76,10 +77,13 @@ class Colouriser:
     `shipped` names the shipped weights used when `cfg.weights` is None
     ('default' for photos and film, 'page' for drawn pages); `threads`: torch's
     CPU threads (None: every core; a run that also encodes video gives
-    device.threads_beside_encoder()).
+    device.threads_beside_encoder()); `lanes`: on one CPU thread, how many of a
+    batch's CPU_CHUNK chunks run at once, each in a thread of its own
+    (device.lanes_beside_encoder(); 1: one after the other).
     """
 
-    def __init__(self, cfg: RunConfig, shipped: str = checkpoint.DEFAULT_NAME, threads: int | None = None):
+    def __init__(self, cfg: RunConfig, shipped: str = checkpoint.DEFAULT_NAME, threads: int | None = None,
+                 lanes: int = 1):
         self.cfg = cfg
         if cfg.decode is not None and cfg.decode not in DECODES:
             raise PipelineError(f"unknown decode {cfg.decode!r} (use {', '.join(DECODES)})")
@@ -89,6 +93,8 @@ class Colouriser:
         self.model_name = checkpoint.model_config(model)[0]
         self.model = prepare_model(model, self.device).eval()
         self.pin = self.device.type == "cuda"
+        self.lanes = max(1, lanes) if self.device.type == "cpu" else 1
+        self._pool: ThreadPoolExecutor | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"weights": str(self.weights), "model": self.model_name, "device": str(self.device),
@@ -99,11 +105,22 @@ class Colouriser:
         return (tiles[:, None] if tiles.ndim == 3 else tiles).to(self.device, non_blocking=True)
 
     def _in_chunks(self, predict, x: torch.Tensor) -> np.ndarray:
-        """predict(x) of a whole batch, CPU_CHUNK tiles at a time on one CPU thread, else at once."""
+        """predict(x) of a whole batch, CPU_CHUNK tiles at a time on one CPU thread (in `lanes`
+        threads at once), else at once."""
         one_thread = self.device.type == "cpu" and torch.get_num_threads() == 1
         step = CPU_CHUNK if one_thread and len(x) > CPU_CHUNK else max(1, len(x))
-        with autocast(self.device, self.dtype):
-            outs = [predict(x[i:i + step]) for i in range(0, max(1, len(x)), step)]
+
+        def chunk(i: int) -> torch.Tensor:
+            # Inference mode and autocast belong to the thread that runs the chunk.
+            with torch.inference_mode(), autocast(self.device, self.dtype):
+                return predict(x[i:i + step])
+        starts = range(0, max(1, len(x)), step)
+        if self.lanes > 1 and len(starts) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="colourbatch-lane")
+            outs = list(self._pool.map(chunk, starts))
+        else:
+            outs = [chunk(i) for i in starts]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # one chunk (GPU, many threads): no copy
         return out.cpu().numpy()  # one transfer (and sync) per batch, never per frame
 

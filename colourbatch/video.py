@@ -65,7 +65,7 @@ from .carry import Carrier
 from .data import make_loader
 from .errors import ColourbatchError, InputError, WriteError, one_line
 from .config import VideoConfig
-from .device import threads_beside_encoder
+from .device import lanes_beside_encoder, threads_beside_encoder
 from .pipeline import Colouriser, RunConfig, on_ray
 from .shard import Shard, resolve as resolve_shard
 
@@ -449,9 +449,10 @@ class _Writer(threading.Thread):
 
 # --------------------------------------------------------------------- driver
 def film_engine(run: RunConfig) -> Colouriser:
-    """The model a film run colours with: torch on the cores x264 leaves it (one home for that
-    choice, in this process and in each Ray worker)."""
-    return Colouriser(run, threads=threads_beside_encoder())
+    """The model a film run colours with: torch on the cores x264 leaves it, in lanes that take
+    the cores it leaves idle (one home for that choice, in this process and in each Ray worker)."""
+    threads = threads_beside_encoder()
+    return Colouriser(run, threads=threads, lanes=lanes_beside_encoder(threads))
 
 
 def colour_video(src: str | os.PathLike, dst: str | os.PathLike, run: RunConfig,

@@ -157,6 +157,18 @@ def test_a_model_in_training_stays_trainable():
     assert prepared is net and any(isinstance(m, torch.nn.BatchNorm2d) for m in prepared.modules())
 
 
+def test_lanes_beside_an_encoder_take_every_core_only_on_one_intra_op_thread(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(device, "cpu_count", lambda: 2)
+    assert device.lanes_beside_encoder(1) == 2  # the 2-core machine video runs on: a lane a core
+    monkeypatch.setattr(device, "cpu_count", lambda: 3)
+    assert device.lanes_beside_encoder(1) == 3
+    monkeypatch.setattr(device, "cpu_count", lambda: 16)
+    assert device.lanes_beside_encoder(8) == 1  # several intra-op threads: OpenMP has the cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # Ray's share for a worker: no more threads than that
+    assert device.lanes_beside_encoder(1) == 1
+
+
 def test_threads_beside_an_encoder_leave_it_half_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     for cores, want in ((1, 1), (2, 1), (16, 8)):

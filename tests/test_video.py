@@ -639,11 +639,14 @@ def test_films_on_ray_build_their_model_beside_the_encoder(monkeypatch):
     from functools import partial
     from types import SimpleNamespace
 
-    from colourbatch.device import threads_beside_encoder
+    from colourbatch.device import lanes_beside_encoder, threads_beside_encoder
     built = []
-    monkeypatch.setattr(video, "Colouriser", lambda run, threads=None: SimpleNamespace(threads=threads))
+    monkeypatch.setattr(video, "Colouriser",
+                        lambda run, threads=None, lanes=1: SimpleNamespace(threads=threads, lanes=lanes))
     monkeypatch.setattr(video, "on_ray", lambda items, run, work, on_result, on_failure, build=None:
                         built.append((build or partial(video.Colouriser, run))()))
     video._on_ray(SimpleNamespace(jobs=[]), RunConfig(device="cpu"), VideoConfig(), lambda *a: None, None)
-    assert [e.threads for e in built] == [threads_beside_encoder()]
-    assert video.film_engine(RunConfig(device="cpu")).threads == threads_beside_encoder()
+    want = (threads_beside_encoder(), lanes_beside_encoder(threads_beside_encoder()))
+    assert [(e.threads, e.lanes) for e in built] == [want]
+    engine = video.film_engine(RunConfig(device="cpu"))
+    assert (engine.threads, engine.lanes) == want
