@@ -1,7 +1,8 @@
 """Benchmark of `colourbatch video` against the floor of its work, over clips, sizes and presets; peak memory.
 
     python benchmarks/video.py [--quick] [--sizes 360,720,1080] [--presets medium,veryfast]
-                               [--seconds 4] [--real FILM] [--rss 10,60] [--weights weights/default.pt]
+                               [--seconds 4] [--long 10] [--real FILM] [--rss 10,60]
+                               [--weights weights/default.pt]
 
 For each clip (a synthetic grey film made here, and a real film, by default
 bikes.mp4 of the shared media, turned grey and scaled by FFmpeg to each size:
@@ -19,15 +20,24 @@ each size and x264 preset, measured in this one run:
 * `colourbatch video` (video.colour_video, the model loaded and warm, torch
   beside the encoder as the command runs it): frames/s and CPU ms a frame with
   the colour stabiliser on (the default) and off (stability 0), its ratio to
-  the floor, and what the stabiliser costs (1 - frames/s on / frames/s off).
+  the floor, and what the stabiliser costs (1 - frames/s on / frames/s off);
+* a film's rate: the same run on a clip of --long seconds, and from the two,
+  the rate at which frames go through once a film is under way and the fixed
+  cost each film pays once (`film_rate`: the decode worker's start, the
+  stabiliser's look-ahead filling, the writer and x264's look-ahead draining
+  with the network done; about half a second on 2 cores). A clip of seconds
+  pays that cost in full, an hour of film once;
+* the work colourbatch does besides the floor's stages, each alone on one
+  thread (floor.product_ms: the glue between the stages, the stabiliser, the
+  decoding of the network's output distribution), and what is left of the
+  pipeline's CPU beyond them and the floor (threads, processes, copies, the
+  fixed cost spread over the clip). These explain the distance to the floor;
+  they are not a yardstick.
 
 Then peak RSS of fresh processes colouring 720p clips of each --rss length:
 it must not grow with the film's length. Wall-clock rates swing when other work
 shares the machine; CPU ms a frame much less, so both are printed. --quick
-(under 3 minutes on 2 cores): 360p and 720p, 2 s clips, RSS at 5 and 20 s. A
-film pays a fixed cost (the decode worker's start, x264's look-ahead drained at
-the end with nothing to overlap: about 0.25 s of CPU at 360p), so short clips
-understate the pipeline's steady rate.
+(under 5 minutes on 2 cores): 360p and 720p, 2 and 5 s clips, RSS at 5 and 20 s.
 """
 from __future__ import annotations
 
@@ -38,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,6 +84,8 @@ def main() -> None:
     ap.add_argument("--sizes", default=None, help="default 360,720,1080 (--quick: 360,720)")
     ap.add_argument("--presets", default="medium,veryfast")
     ap.add_argument("--seconds", type=float, default=None, help="clip length (default 4; --quick: 2)")
+    ap.add_argument("--long", type=float, default=None, help="the longer clip a film's rate is measured "
+                    "against (default 10 s, at most the real film's length; --quick: 5)")
     ap.add_argument("--real", default=None, help="a real film to scale to each size ('' to skip)")
     ap.add_argument("--rss", default=None, help="720p clip lengths (s) for the peak-RSS runs "
                     "(default 10,60; --quick: 5,20; '' to skip)")
@@ -81,6 +94,7 @@ def main() -> None:
     sizes = args.sizes if args.sizes is not None else ("360,720" if args.quick else "360,720,1080")
     seconds = args.seconds or (2.0 if args.quick else 4.0)
     rss_lengths = args.rss if args.rss is not None else ("5,20" if args.quick else "10,60")
+    long_s = args.long or (5.0 if args.quick else 10.0)
     real = Path(args.real) if args.real else next((p for p in REAL if p.exists()), None)
     if args.real == "":
         real = None
@@ -92,20 +106,25 @@ def main() -> None:
     colouriser = engine(args.weights)
     d = colouriser.describe()
     print(f"machine: {cpu_model()}, {cores} cores; pipeline {d['device']} "
-          f"{d['precision']}, model {d['model']}, torch on {colouriser_threads()} thread(s) beside x264")
+          f"{d['precision']}, model {d['model']}, torch on {colouriser_threads()} thread(s) in "
+          f"{colouriser.lanes} lane(s) beside x264")
     print("network forward, CPU ms a 224x224 tile (batch 16, one thread): "
           + ", ".join(f"{k} {v:.1f}" for k, v in nets.items()))
-    print(f"{seconds:g} s clips at 25 frames/s; real film: {real or 'none'}\n", flush=True)
+    print(f"{seconds:g} s clips at 25 frames/s, and {long_s:g} s ones for a film's rate; real film: "
+          f"{real or 'none'}\n", flush=True)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in [int(s) for s in sizes.split(",") if s]:
             w, h = SIZES[size]
-            clips = {"synthetic": make_clip(Path(tmp) / f"s{size}.mp4", w, h, seconds)}
+            clips = {"synthetic": (make_clip(Path(tmp) / f"s{size}.mp4", w, h, seconds),
+                                   make_clip(Path(tmp) / f"sl{size}.mp4", w, h, long_s))}
             if real is not None:
-                clips["real"] = real_clip(Path(tmp) / f"r{size}.mp4", real, w, h, seconds)
-            for kind, clip in clips.items():
-                dec, _ = decode_ms(clip)
+                clips["real"] = (real_clip(Path(tmp) / f"r{size}.mp4", real, w, h, seconds),
+                                 real_clip(Path(tmp) / f"rl{size}.mp4", real, w, h, long_s))
+            for kind, (clip, long_clip) in clips.items():
+                dec, frames = decode_ms(clip)
+                _, long_frames = decode_ms(long_clip)
                 product = product_ms(clip, colouriser)
                 colour_clip = coloured(clip, colouriser, Path(tmp) / f"c{size}{kind}.mp4")
                 for preset in [p for p in args.presets.split(",") if p]:
@@ -114,10 +133,12 @@ def main() -> None:
                     floor = floor_fps(stages, cores)
                     on = pipeline_fps(clip, colouriser, preset)
                     off = pipeline_fps(clip, colouriser, preset, stability=0.0)
+                    film = film_rate(on, frames, pipeline_fps(long_clip, colouriser, preset), long_frames)
                     rows.append(dict(clip=f"{size}p {kind}", preset=preset, work=sum(stages.values()),
-                                     floor=floor, product=product, on=on, off=off, **stages))
+                                     floor=floor, product=product, on=on, off=off, film=film, **stages))
                     print(f"{size}p {kind} {preset}: decode {dec:.1f} + x264 {enc:.1f} + network {net:.1f} ms "
                           f"-> floor {floor:.2f} f/s; pipeline {on.fps:.2f} f/s ({on.fps / floor:.2f}), "
+                          f"a film's rate {film.fps:.2f} ({film.fps / floor:.2f}) + {film.fixed_s:.2f} s a film, "
                           f"stabiliser off {off.fps:.2f} "
                           f"({off.fps / floor:.2f}); CPU ms a frame {on.cpu_ms:.0f} / {off.cpu_ms:.0f}; "
                           + ", ".join(f"{k} {v:.1f}" for k, v in product.items()), flush=True)
@@ -132,35 +153,59 @@ def main() -> None:
     print(f"\nThe floor's stages, CPU ms a frame on one thread (network: {net_name}), the perfect overlap of "
           f"them on {cores} cores, and `colourbatch video` (frames/s, ratio to the floor):\n")
     print("| clip | preset | decode | x264 | network | floor (f/s) | pipeline (f/s) | / floor | "
-          "stabiliser off (f/s) | / floor | stabiliser's cost |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "a film's rate (f/s) | / floor | fixed cost a film (s) | stabiliser off (f/s) | / floor | "
+          "stabiliser's cost |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         on, off = r["on"], r["off"]
         print(f"| {r['clip']} | {r['preset']} | {r['decode']:.1f} | {r['encode']:.1f} | {r['network']:.1f} | "
-              f"{r['floor']:.2f} | {on.fps:.2f} | {on.fps / r['floor']:.2f} | "
-              f"{off.fps:.2f} | {off.fps / r['floor']:.2f} | "
+              f"{r['floor']:.2f} | {on.fps:.2f} | {on.fps / r['floor']:.2f} | {r['film'].fps:.2f} | "
+              f"{r['film'].fps / r['floor']:.2f} | {r['film'].fixed_s:.2f} | {off.fps:.2f} | {off.fps / r['floor']:.2f} | "
               f"{100 * (1 - on.fps / off.fps):.0f} % |")
-    print("\nWhere the pipeline's CPU goes, ms a frame (stable when the machine is shared): the floor's "
-          "stages; the work colourbatch does besides them, each measured alone (glue: L tile + chroma; the "
-          "stabiliser; the distribution decode); the pipeline's own total (this process, its threads, the "
-          "decode worker); what is left (threads, processes, copies); the floor's share of the pipeline's work; "
-          "and the perfect overlap of the floor's stages and that work together:\n")
+    print("\nWhere a film's CPU goes, ms a frame once under way (stable when the machine is shared): the "
+          "floor's stages; the work colourbatch does besides them, each measured alone (glue: L tile + chroma; "
+          "the stabiliser; the distribution decode); the pipeline's own (this process, its threads, the decode "
+          "worker, from the short and the long clip); what is left (threads, processes, copies); the floor's "
+          "share of the pipeline's work; the CPU each film pays once; and the perfect overlap of the floor's "
+          "stages and colourbatch's work together:\n")
     print("| clip | preset | floor's stages | glue | stabiliser | distribution decode | pipeline | left | "
-          "floor's work / pipeline's | cores the pipeline got | floor + that work (f/s) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "floor's work / pipeline's | cores the pipeline got | fixed CPU a film (s) | floor + that work (f/s) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        p, on = r["product"], r["on"]
-        left = on.cpu_ms - r["work"] - sum(p.values())
+        p, film = r["product"], r["film"]
+        left = film.cpu_ms - r["work"] - sum(p.values())
         # CPU seconds per wall second: below the core count when other work shares the machine
         # (or the overlap leaves a core idle); the wall ratio to the floor cannot beat got / cores.
         print(f"| {r['clip']} | {r['preset']} | {r['work']:.0f} | {p['glue']:.1f} | {p['stabiliser']:.1f} | "
-              f"{p['distribution decode']:.1f} | {on.cpu_ms:.0f} | {left:.0f} | {r['work'] / on.cpu_ms:.2f} | "
-              f"{on.cpu_ms * on.fps / 1000:.2f} | {cores * 1000 / (r['work'] + sum(p.values())):.2f} |")
+              f"{p['distribution decode']:.1f} | {film.cpu_ms:.0f} | {left:.0f} | {r['work'] / film.cpu_ms:.2f} | "
+              f"{film.cpu_ms * film.fps / 1000:.2f} | {film.fixed_cpu_s:.2f} | "
+              f"{cores * 1000 / (r['work'] + sum(p.values())):.2f} |")
     if rss:
         print("\n| 720p clip | frames | peak RSS main (MiB) | peak RSS decode worker (MiB) |")
         print("|---|---:|---:|---:|")
         for secs, r in rss:
             print(f"| {secs:g} s | {r['frames']} | {r['main']:.0f} | {r['worker']:.0f} |")
+
+
+class FilmRate(NamedTuple):
+    fps: float         # frames/s once a film is under way
+    fixed_s: float     # wall seconds each film pays once
+    cpu_ms: float      # CPU ms a frame once under way (this process, its threads, the decode worker)
+    fixed_cpu_s: float  # CPU seconds each film pays once
+
+
+def film_rate(short, short_frames: int, long, long_frames: int) -> FilmRate:
+    """A film's rate and its fixed cost, from the runs (floor.pipeline_fps) of a short and a long
+    clip: the extra frames over the extra time (and CPU), and what the short run took beyond its
+    frames at that rate (the decode worker's start, the stabiliser's look-ahead filling, the
+    writer and x264's look-ahead draining with the network done). An hour of film pays the fixed
+    cost once."""
+    extra = long_frames - short_frames
+    t_short, t_long = short_frames / short.fps, long_frames / long.fps
+    c_short, c_long = short.cpu_ms * short_frames / 1000, long.cpu_ms * long_frames / 1000
+    per_frame, cpu_frame = (t_long - t_short) / extra, (c_long - c_short) / extra
+    return FilmRate(1 / per_frame, t_short - short_frames * per_frame, 1000 * cpu_frame,
+                    c_short - short_frames * cpu_frame)
 
 
 def cpu_model() -> str:
