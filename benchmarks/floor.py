@@ -193,17 +193,15 @@ def product_ms(path: Path, colouriser) -> dict[str, float]:
     forward leaves out). Not part of the floor: what they explain is the distance between it
     and the pipeline; what is left beyond them is the pipeline's overhead (threads,
     processes, copies)."""
-    import cv2
     import torch
 
     from colourbatch import colour, media, temporal
     from colourbatch.config import VideoConfig
+    from colourbatch.device import one_opencv_thread
     from colourbatch.model import model_input
 
     tags = media.probe(path).colour
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
+    with one_opencv_thread():
         out = {"glue": glue_ms(path, before=False)["planes (colourbatch)"]}
         with media.open_input(str(path)) as c:
             tiles = np.stack([colour.l_tile(colour.yuv_to_l(media.luma_plane(f, tags, f.width, f.height),
@@ -218,8 +216,6 @@ def product_ms(path: Path, colouriser) -> dict[str, float]:
                 st.feed(tiles[i:i + 16], ab[i:i + 16])
             st.finish()
         out["stabiliser"] = cpu_ms(stabilise, len(tiles))
-    finally:
-        cv2.setNumThreads(before)
     net = colouriser.model
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -16,7 +16,6 @@ seen, and the validation split (a hash of each file's path) never moves.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
@@ -335,20 +334,6 @@ def _sample(lab: np.ndarray, size: int, drawn: bool, rng: np.random.Generator | 
         lab = cv2.resize(lab, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     page = lineart.draw_page(colour.lab_to_rgb(np.ascontiguousarray(lab)), rng)
     return (torch.from_numpy(colour.l_tile(page, size))[None],) + pair
-
-
-@contextlib.contextmanager
-def one_opencv_thread():
-    """OpenCV on one thread within the block, as it was after. Training's data workers run
-    beside the training threads, and OpenCV's own pool of a thread per core in each would
-    oversubscribe the cores (drawn samples ran 10x slower). Set in the parent, before the
-    workers fork: a forked worker that reconfigures OpenCV's pool hangs on its lock."""
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
 
 
 def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,7 +4,8 @@
 (bf16 where the card supports it), bf16 on CPUs with native bf16 arithmetic
 (`cpu_bf16_ok`: about 2x faster for these conv nets), else fp32. The model's
 fast inference form (`prepare_model`: batch norm folded, graph frozen) is made
-here too.
+here too, and the threads each kind of run gives torch and OpenCV
+(`threads_beside_encoder`, `lanes_beside_encoder`, `one_opencv_thread`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import copy
 import os
 import warnings
 
+import cv2
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -257,6 +259,20 @@ def lanes_beside_encoder(threads: int) -> int:
     if threads > 1 or omp_threads() is not None:
         return 1
     return cpu_count()
+
+
+@contextlib.contextmanager
+def one_opencv_thread():
+    """OpenCV on one thread within the block, as it was after. Training's data workers run
+    beside the training threads, and OpenCV's own pool of a thread per core in each would
+    oversubscribe the cores (drawn samples ran 10x slower). Set in the parent, before the
+    workers fork: a forked worker that reconfigures OpenCV's pool hangs on its lock."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def omp_threads() -> int | None:

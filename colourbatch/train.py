@@ -28,8 +28,8 @@ import torch
 
 from . import __version__, checkpoint as ckpt, colour
 from .config import TrainConfig
-from .data import ResumableSampler, make_loader, one_opencv_thread, set_epoch, split_batch, split_dataset
-from .device import autocast, cpu_count, grad_scaler, prepare_model
+from .data import ResumableSampler, make_loader, set_epoch, split_batch, split_dataset
+from .device import autocast, cpu_count, grad_scaler, one_opencv_thread, prepare_model
 from .errors import EXIT_FAILED, ColourbatchError, one_line
 from .evaluate import evaluate_model
 from .model import DEFAULT_MODEL, MODELS, build_model, model_input
