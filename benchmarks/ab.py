@@ -1,8 +1,9 @@
 """A/B of `colourbatch video` between two checkouts of this repository, on the same clips.
 
     python benchmarks/ab.py CHECKOUT_A CHECKOUT_B [--rounds 2] [--film ../shared/data/media/video/bikes.mp4]
+                            [--cases 720:veryfast,720:medium,1080:veryfast]
 
-Makes the real clip at 720p and 1080p (benchmarks/floor.real_clip), then colours
+Makes the real clip at each case's height (benchmarks/floor.real_clip), then colours
 it with each checkout's own code, benchmarks/floor.py and shipped weights in a fresh process
 (floor.pipeline_fps: a warm model, the steady state), alternating A and B
 round by round so that both see the same machine. Prints frames/s and CPU ms a
@@ -29,7 +30,9 @@ import floor
 eng = floor.engine("weights/default.pt")
 print(json.dumps(floor.pipeline_fps(Path(sys.argv[1]), eng, sys.argv[2])))
 '''
-CASES = ((720, "veryfast"), (720, "medium"), (1080, "veryfast"))
+CASES = "720:veryfast,720:medium,1080:veryfast"
+#: Frame sizes by height: floor.SIZES and 576 lines (PAL's height, where old films often are).
+SIZES = {**floor.SIZES, 576: (1024, 576)}
 
 
 def main() -> None:
@@ -37,13 +40,14 @@ def main() -> None:
     ap.add_argument("checkouts", nargs=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--film", default="../shared/data/media/video/bikes.mp4")
+    ap.add_argument("--cases", default=CASES, help=f"HEIGHT:PRESET,... (heights {sorted(SIZES)})")
     args = ap.parse_args()
+    cases = [(int(h), p) for h, p in (c.split(":") for c in args.cases.split(",") if c)]
     tmp = Path(tempfile.mkdtemp())
-    sizes = {720: (1280, 720), 1080: (1920, 1080)}
-    clips = {s: floor.real_clip(tmp / f"real{s}.mp4", Path(args.film), *sizes[s], 4) for s in sizes}
+    clips = {s: floor.real_clip(tmp / f"real{s}.mp4", Path(args.film), *SIZES[s], 4) for s in {h for h, _ in cases}}
     runs: dict = {}
     for _ in range(args.rounds):
-        for size, preset in CASES:
+        for size, preset in cases:
             for d in args.checkouts:
                 out = subprocess.run([sys.executable, "-c", CHILD, str(clips[size]), preset], cwd=d,
                                      env=dict(os.environ, PYTHONPATH=str(Path(d).absolute())),

@@ -186,7 +186,7 @@ def glue_ms(path: Path, before: bool = True) -> dict[str, float]:
 
 def product_ms(path: Path, colouriser) -> dict[str, float]:
     """CPU ms a frame of the per-frame work colourbatch does besides the floor's stages, each
-    alone on one thread (OpenCV on one thread, as in the pipeline's writer): the planes path
+    alone on one thread (OpenCV too: the CPU each costs, as the floor's stages are measured): the planes path
     (`glue_ms`: luma -> L tile, a/b -> Cb/Cr), the colour stabiliser at its defaults
     (temporal.Stabiliser on this clip's tiles and the model's a/b for them) and the decoding
     of the network's output distribution into a/b (the model's `decode`, which the floor's
@@ -249,7 +249,7 @@ def network_ms(weights: str | None) -> dict[str, float]:
     fast = prepare_model(net, torch.device("cpu"))
     from colourbatch.pipeline import CPU_CHUNK
 
-    def in_chunks(x):  # as Colouriser runs it on one thread
+    def in_chunks(x):  # the chunks Colouriser cuts a batch into on one intra-op thread, one after another
         return [fast(x[i:i + CPU_CHUNK]) for i in range(0, len(x), CPU_CHUNK)]
     runtimes = {f"torch, {fast.runtime}": (fast, torch.float32),
                 f"torch, {fast.runtime}, {CPU_CHUNK} at a time": (in_chunks, torch.float32)}

@@ -25,13 +25,14 @@ each size and x264 preset, measured in this one run:
   the rate at which frames go through once a film is under way and the fixed
   cost each film pays once (`film_rate`: the decode worker's start, the
   stabiliser's look-ahead filling, the writer and x264's look-ahead draining
-  with the network done; about half a second on 2 cores). A clip of seconds
+  with the network done; about a second on 2 cores). A clip of seconds
   pays that cost in full, an hour of film once;
 * the work colourbatch does besides the floor's stages, each alone on one
   thread (floor.product_ms: the glue between the stages, the stabiliser, the
   decoding of the network's output distribution), and what is left of the
-  pipeline's CPU beyond them and the floor (threads, processes, copies, the
-  fixed cost spread over the clip). These explain the distance to the floor;
+  pipeline's CPU a frame once under way beyond them and the floor (torch's
+  forward against the fastest runtime's, x264's frame threads against one,
+  threads, the decode process, copies). These explain the distance to the floor;
   they are not a yardstick.
 
 Then peak RSS of fresh processes colouring 720p clips of each --rss length:
@@ -125,6 +126,9 @@ def main() -> None:
             for kind, (clip, long_clip) in clips.items():
                 dec, frames = decode_ms(clip)
                 _, long_frames = decode_ms(long_clip)
+                if long_frames <= frames:  # a real film no longer than --seconds: no rate to take
+                    sys.exit(f"{kind} {size}p: the --long clip has {long_frames} frames, the short one "
+                             f"{frames}; give a --long above --seconds and a film at least that long")
                 product = product_ms(clip, colouriser)
                 colour_clip = coloured(clip, colouriser, Path(tmp) / f"c{size}{kind}.mp4")
                 for preset in [p for p in args.presets.split(",") if p]:

@@ -94,7 +94,6 @@ class Colouriser:
         self.model = prepare_model(model, self.device).eval()
         self.pin = self.device.type == "cuda"
         self.lanes = max(1, lanes) if self.device.type == "cpu" else 1
-        self._pool: ThreadPoolExecutor | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"weights": str(self.weights), "model": self.model_name, "device": str(self.device),
@@ -116,9 +115,11 @@ class Colouriser:
                 return predict(x[i:i + step])
         starts = range(0, max(1, len(x)), step)
         if self.lanes > 1 and len(starts) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="colourbatch-lane")
-            outs = list(self._pool.map(chunk, starts))
+            # A pool per batch (threads cost microseconds, a batch hundreds of ms): between
+            # batches this process holds no lane thread, so a film's decode worker never forks
+            # beside one.
+            with ThreadPoolExecutor(self.lanes, thread_name_prefix="colourbatch-lane") as pool:
+                outs = list(pool.map(chunk, starts))
         else:
             outs = [chunk(i) for i in starts]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)  # one chunk (GPU, many threads): no copy

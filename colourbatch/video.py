@@ -16,7 +16,8 @@ overlapping stages of `colour_job`:
    bounds to avoid decoding frames twice, so `workers` is capped at 1 (0 =
    decode in the main process, for debugging);
 2. the main process runs the model on each batch (pipeline.Colouriser.predict:
-   one host transfer per batch) and hands the batch to the writer thread;
+   one host transfer per batch; on a CPU beside x264, the batch's chunks in
+   lanes, device.lanes_beside_encoder) and hands the batch to the writer thread;
 3. the writer thread first runs temporal.Stabiliser, which holds the low-resolution
    a/b still along the motion between the L tiles, averaging each frame's with
    its shot's neighbours up to `VideoConfig.reach` frames either side, carrying

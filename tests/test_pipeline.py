@@ -60,29 +60,35 @@ def test_on_one_cpu_thread_a_batch_runs_in_chunks_and_colours_as_in_one_piece(tm
 def test_lanes_run_a_batch_s_chunks_in_threads_of_their_own_and_colour_as_one_lane(tmp_path, monkeypatch,
                                                                                     torch_threads):
     """Beside x264 on 2 cores the film engine runs the chunks in two lanes: each chunk in a lane
-    thread, on one intra-op thread, under inference mode, and the output is one lane's exactly."""
+    thread, under inference mode and the run's autocast, torch on one intra-op thread there,
+    and the output is one lane's exactly. No lane thread outlives its batch (a film's decode
+    worker forks between batches)."""
     import threading
 
     torch.manual_seed(0)
     path = checkpoint.save(tmp_path / "d.pt", build_model("default"))
     tiles = torch.randint(0, 256, (pipeline.CPU_CHUNK * 3 + 2, 1, 64, 64), dtype=torch.uint8)
-    engine = Colouriser(RunConfig(weights=str(path), device="cpu", precision="fp32"), threads=1, lanes=2)
-    seen = []
-    forward = engine.model.forward
+    for precision in ("fp32", "bf16"):
+        engine = Colouriser(RunConfig(weights=str(path), device="cpu", precision=precision), threads=1, lanes=2)
+        seen = []
+        forward = engine.model.forward
 
-    def spy(x):
-        seen.append((threading.current_thread().name, torch.get_num_threads(), torch.is_inference_mode_enabled()))
-        return forward(x)
-    monkeypatch.setattr(engine.model, "forward", spy)
-    got = engine.predict(tiles)
-    assert len(seen) == 4 and all(name.startswith("colourbatch-lane") and threads == 1 and inference
-                                  for name, threads, inference in seen)
-    assert len({name for name, _, _ in seen}) == 2  # both lanes took chunks
-    seen.clear()
-    engine.lanes = 1
-    want = engine.predict(tiles)
-    assert [name for name, _, _ in seen] == [threading.current_thread().name] * 4
-    assert np.array_equal(got, want)
+        def spy(x):
+            seen.append((threading.current_thread().name, torch.is_inference_mode_enabled(),
+                         torch.is_autocast_enabled("cpu"), torch.get_num_threads()))
+            return forward(x)
+        monkeypatch.setattr(engine.model, "forward", spy)
+        got = engine.predict(tiles)
+        assert not [t for t in threading.enumerate() if t.name.startswith("colourbatch-lane")]
+        assert len(seen) == 4 and all(name.startswith("colourbatch-lane") and inference and threads == 1
+                                      and autocast == (precision == "bf16")
+                                      for name, inference, autocast, threads in seen)
+        assert len({name for name, *_ in seen}) == 2  # both lanes took chunks
+        seen.clear()
+        engine.lanes = 1
+        want = engine.predict(tiles)
+        assert [name for name, *_ in seen] == [threading.current_thread().name] * 4
+        assert np.array_equal(got, want)
 
 
 def test_unknown_decode_is_refused_before_the_weights_load(tmp_path):

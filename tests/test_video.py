@@ -639,14 +639,15 @@ def test_films_on_ray_build_their_model_beside_the_encoder(monkeypatch):
     from functools import partial
     from types import SimpleNamespace
 
-    from colourbatch.device import lanes_beside_encoder, threads_beside_encoder
+    from colourbatch import device
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(device, "cpu_count", lambda: 2)  # the machine it is for: torch on 1 thread, 2 lanes
     built = []
     monkeypatch.setattr(video, "Colouriser",
                         lambda run, threads=None, lanes=1: SimpleNamespace(threads=threads, lanes=lanes))
     monkeypatch.setattr(video, "on_ray", lambda items, run, work, on_result, on_failure, build=None:
                         built.append((build or partial(video.Colouriser, run))()))
     video._on_ray(SimpleNamespace(jobs=[]), RunConfig(device="cpu"), VideoConfig(), lambda *a: None, None)
-    want = (threads_beside_encoder(), lanes_beside_encoder(threads_beside_encoder()))
-    assert [(e.threads, e.lanes) for e in built] == [want]
+    assert [(e.threads, e.lanes) for e in built] == [(1, 2)]
     engine = video.film_engine(RunConfig(device="cpu"))
-    assert (engine.threads, engine.lanes) == want
+    assert (engine.threads, engine.lanes) == (1, 2)
