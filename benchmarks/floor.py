@@ -195,19 +195,20 @@ def product_ms(path: Path, colouriser) -> dict[str, float]:
     processes, copies)."""
     import torch
 
-    from colourbatch import colour, media, temporal
+    from colourbatch import media, temporal
     from colourbatch.config import VideoConfig
     from colourbatch.device import one_opencv_thread
     from colourbatch.model import model_input
+    from colourbatch.video import FrameStream
 
-    tags = media.probe(path).colour
+    info = media.probe(path)
     with one_opencv_thread():
         out = {"glue": glue_ms(path, before=False)["planes (colourbatch)"]}
-        with media.open_input(str(path)) as c:
-            tiles = np.stack([colour.l_tile(colour.yuv_to_l(media.luma_plane(f, tags, f.width, f.height),
-                                                            tags.full_range)) for f in c.decode(video=0)])
-        ab = np.concatenate([colouriser.predict(torch.from_numpy(tiles[i:i + 16])[:, None])
-                             for i in range(0, len(tiles), 16)])
+        # The film's tiles and the model's a/b for them, as `colourbatch video` makes them.
+        batches = [b for b in FrameStream(str(path), 16, size=(info.width, info.height),
+                                          origin=info.start_time, tags=info.colour) if "end" not in b]
+        tiles = np.concatenate([b["tiles"][:, 0].numpy() for b in batches])
+        ab = np.concatenate([colouriser.predict(b["tiles"]) for b in batches])
         vcfg = VideoConfig()
 
         def stabilise():

@@ -1,7 +1,7 @@
 """The recipe that built the shipped weights: run from the repository root.
 
     python weights/recipe.py loso all unbalanced  # -> weights/loso/unbalanced-all.pt (fp32, 4000 steps)
-    python weights/recipe.py ship unbalanced confident 0.7  # -> weights/default.pt, its decoding; SHA256SUMS
+    python weights/recipe.py ship unbalanced annealed 0.7  # -> weights/default.pt, its decoding; SHA256SUMS
     python weights/recipe.py seed      # -> weights/seed.pt
     The default shipped until 27 Nov 2026 (rebalanced, bf16; in git history before the commit
     that says "ship"), and what page.pt was fine-tuned from:
