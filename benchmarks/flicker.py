@@ -18,6 +18,7 @@ the floor (its warp error), the colourfulness ratio and the a/b PSNR.
     python benchmarks/flicker.py [--input examples/video/chaplin.mp4 --frames 100]
                                  [--weights weights/default.pt] [--stability 0.95] [--reach 16]
     python benchmarks/flicker.py --pipeline 720     # the stabiliser's share of the whole pipeline
+    python benchmarks/flicker.py --flow-sides 128,96,80 FILM...   # the flow's plane side: cost, flicker
 """
 from __future__ import annotations
 
@@ -139,6 +140,61 @@ def pipeline_cost(height: int, stability: float, reach: int, weights: str | None
               f"frames/s {np.median(fps[0.0]):.1f} off, {np.median(fps[stability]):.1f} on")
 
 
+def flow_sides(films: list[Path], sides: list[int], frames: int, stability: float, reach: int,
+               weights: str | None) -> None:
+    """The stabiliser at each flow-plane side (temporal.FLOW_SIDE) on the first `frames` frames
+    of each colour film: its CPU ms a frame (one thread) and each film's warp error and a/b PSNR
+    against the film's own colour. Offline: the model's a/b for the film's tiles (as
+    `colourbatch video` makes both) are stabilised and measured at the metric's size, with no
+    encode; the first side is the yardstick of the ratios."""
+    import cv2
+
+    from colourbatch import colour, media, temporal
+    from colourbatch.device import one_opencv_thread
+    from colourbatch.evaluate import psnr
+    from colourbatch.pipeline import Colouriser, RunConfig
+    from colourbatch.video import FrameStream
+
+    engine = Colouriser(RunConfig(weights=weights, workers=1))
+    films_data = []
+    for path in films:
+        info = media.probe(path)
+        batches = [b for b in FrameStream(str(path), 16, size=(info.width, info.height), origin=info.start_time,
+                                          tags=info.colour) if "end" not in b][:(frames + 15) // 16]
+        tiles = np.concatenate([b["tiles"][:, 0].numpy() for b in batches])[:frames]
+        ab = np.concatenate([engine.predict(b["tiles"]) for b in batches])[:frames]
+        src = [colour.rgb_to_lab(cv2.resize(rgb, temporal.METRIC_SIZE, interpolation=cv2.INTER_AREA))
+               for rgb in frames_of(path, len(tiles))]
+        films_data.append((path.stem, tiles, ab, src))
+    first: list[float] = []
+    keep = temporal.FLOW_SIDE
+    try:
+        for side in sides:
+            temporal.FLOW_SIDE = side
+            cpu, row = 0.0, []
+            for k, (name, tiles, ab, src) in enumerate(films_data):
+                stab = temporal.Stabiliser(stability, reach)
+                with one_opencv_thread():
+                    t = time.process_time()
+                    out = np.concatenate([stab.feed(tiles[i:i + 16], ab[i:i + 16]) for i in range(0, len(tiles), 16)]
+                                         + [stab.finish()])
+                    cpu += time.process_time() - t
+                metric = temporal.WarpError()
+                ps = []
+                for lab, ab8 in zip(src, out):
+                    ab8 = ab8.transpose(1, 2, 0)
+                    metric.add(lab[..., 0], ab8)
+                    up = cv2.resize(ab8, temporal.METRIC_SIZE, interpolation=cv2.INTER_LINEAR)
+                    ps.append(psnr(up, lab[..., 1:]))
+                if len(first) <= k:
+                    first.append(metric.value)
+                row.append(f"{name} {metric.value:.3f} ({metric.value / first[k]:.2f}) {np.mean(ps):.2f} dB")
+            n = sum(len(f[1]) for f in films_data)
+            print(f"side {side:>3}: stabiliser {1000 * cpu / n:.2f} ms a frame | " + " | ".join(row), flush=True)
+    finally:
+        temporal.FLOW_SIDE = keep
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", type=Path, help="a film to colour (default: a synthetic pan/zoom with a cut)")
@@ -150,6 +206,9 @@ def main() -> None:
     ap.add_argument("--pipeline", type=int, metavar="HEIGHT",
                     help="instead: the whole pipeline's cost (x264) with the stabiliser off and on, "
                          "on a synthetic clip of this height (720)")
+    ap.add_argument("--flow-sides", metavar="SIDES",
+                    help="instead: the stabiliser offline at each flow-plane side (comma-separated), on FILMS")
+    ap.add_argument("films", nargs="*", type=Path, help="colour films for --flow-sides")
     args = ap.parse_args()
 
     from colourbatch import media
@@ -162,6 +221,11 @@ def main() -> None:
     reach = VideoConfig().reach if args.reach is None else args.reach
     if args.pipeline:
         pipeline_cost(args.pipeline, on, reach, args.weights)
+        return
+    if args.flow_sides:
+        if not args.films:
+            ap.error("--flow-sides needs FILMS")
+        flow_sides(args.films, [int(v) for v in args.flow_sides.split(",")], args.frames, on, reach, args.weights)
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -101,9 +101,13 @@ class CutDetector:
 #: DIS preset and plane side of the stabiliser's flow (two flows a frame, between the L tiles
 #: averaged down to FLOW_SIDE): MEDIUM at 128 costs 1.6 ms a flow on one core here, FAST at the
 #: full 224 1.05 ms, and MEDIUM tracks better: bikes.mp4's warp error 0.40 against 0.46 (offline
-#: on the model's a/b, reach 12; the whole stabiliser 5.5 against 5.9 ms a frame).
+#: on the model's a/b, reach 12; the whole stabiliser 5.5 against 5.9 ms a frame). At 96 rather
+#: than 128 the whole stabiliser costs 5.2 rather than 7.0 ms a frame and the warp error of
+#: bikes, vtest, carphone and tree rises 2-4 % (0.262 -> 0.271, 0.077 -> 0.080, 0.173 -> 0.176,
+#: 0.210 -> 0.217; a/b PSNR the same to 0.03 dB); at 80 it rises 4-13 %. Offline, first 100
+#: frames, the shipped default, reach 16: `benchmarks/flicker.py --flow-sides 128,96,80 FILMS`.
 FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
-FLOW_SIDE = 128
+FLOW_SIDE = 96
 #: Forward-backward consistency (Sundaram et al. 2010): a pixel is visible in both frames when
 #: |f + b|^2 < FB_RELATIVE (|f|^2 + |b|^2) + FB_ABSOLUTE (pixels^2). The metric's test, and the
 #: one that decides whether motion explains a cut candidate.
@@ -237,10 +241,16 @@ def _carry(acc: np.ndarray, pull: tuple[np.ndarray, np.ndarray], here: np.ndarra
     whose prediction is `here`, weighted by the trust and by how well its colour agrees."""
     coords, trust = pull
     moved = warp(acc, coords)
-    mean = moved[..., :2] / np.maximum(moved[..., 2:], 1e-6)
-    gap = np.abs(mean[..., 0] - here[..., 0]) + np.abs(mean[..., 1] - here[..., 1])
-    trust = trust * np.exp(-(np.maximum(gap - GATE_FREE, 0) / GATE_SCALE) ** 2)
-    return trust[..., None] * moved
+    a, b, weight = cv2.split(moved)
+    weight = cv2.max(weight, 1e-6)
+    # |mean a - here a| + |mean b - here b|, in OpenCV: on planes this small numpy's call
+    # overhead was most of the stabiliser's time.
+    gap = cv2.add(cv2.absdiff(cv2.divide(a, weight), here[..., 0]), cv2.absdiff(cv2.divide(b, weight), here[..., 1]))
+    far = np.flatnonzero(gap > GATE_FREE)  # the gate is 1 elsewhere: most colour agrees
+    if len(far):
+        trust = trust.copy()
+        trust.flat[far] *= np.exp(-((gap.flat[far] - GATE_FREE) / GATE_SCALE) ** 2)
+    return moved * trust[..., None]
 
 
 def _fold(frames, link: str, weights: np.ndarray) -> np.ndarray:

@@ -166,6 +166,21 @@ def test_chroma_that_would_leave_the_gamut_is_shrunk_so_the_luma_holds(level, a,
     assert np.abs(cr.astype(int) - 128).max() > 0  # some colour is left where there is room
 
 
+@pytest.mark.parametrize("matrix,full_range", [("bt709", False), ("bt601", True)])
+def test_chroma_table_gives_the_conversion_pixel_by_pixel_and_fills_only_the_pairs_met(matrix, full_range):
+    rng = np.random.default_rng(3)
+    table = colour.ChromaTable(matrix, full_range)
+    for lo, hi in ((100, 160), (0, 256)):  # the model's usual a/b, then any (extremes leave the gamut)
+        y = rng.integers(0, 256, (60, 90)).astype(np.uint8)
+        a, b = (rng.integers(lo, hi, (60, 90)).astype(np.uint8) for _ in range(2))
+        got = table.look(y, a, b)
+        want = colour._chroma_of(y, a, b, matrix, full_range)
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    pairs = np.unique(np.concatenate([(a.astype(int) << 8 | b).ravel()]))
+    assert pairs.size <= table.known.sum() < 2 * 60 * 90  # rows of the pairs met, not the whole table
+    assert colour.chroma_table(matrix, full_range) is colour.chroma_table(matrix, full_range)
+
+
 def _merge_as_before(l8, ab8):
     """merge_l_ab as it was before the page-speed work: each plane resized alone, the
     lightness guard on (row, col) fancy indexing, every candidate written back."""
