@@ -1,13 +1,15 @@
 """A/B of `colourbatch video` between two checkouts of this repository, on the same clips.
 
     python benchmarks/ab.py CHECKOUT_A CHECKOUT_B [--rounds 2] [--film ../shared/data/media/video/bikes.mp4]
-                            [--cases 720:veryfast,720:medium,1080:veryfast]
+                            [--cases 720:veryfast,720:medium,1080:veryfast] [--films 1]
 
 Makes the real clip at each case's height (benchmarks/floor.real_clip), then colours
 it with each checkout's own code, benchmarks/floor.py and shipped weights in a fresh process
 (floor.pipeline_fps: a warm model, the steady state), alternating A and B
 round by round so that both see the same machine. Prints frames/s and CPU ms a
-frame per run and the best of each. For a code change's effect; the ratios to
+frame per run and the best of each. `--films N` colours the clip N times in each
+process and keeps the last: a folder's later films, which the first leaves its
+memory to. For a code change's effect; the ratios to
 the floor come from benchmarks/video.py.
 """
 import argparse
@@ -28,7 +30,9 @@ sys.path.insert(0, "benchmarks")
 from pathlib import Path
 import floor
 eng = floor.engine("weights/default.pt")
-print(json.dumps(floor.pipeline_fps(Path(sys.argv[1]), eng, sys.argv[2])))
+for _ in range(int(sys.argv[3])):
+    run = floor.pipeline_fps(Path(sys.argv[1]), eng, sys.argv[2])
+print(json.dumps(run))
 '''
 CASES = "720:veryfast,720:medium,1080:veryfast"
 #: Frame sizes by height: floor.SIZES and 576 lines (PAL's height, where old films often are).
@@ -41,6 +45,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--film", default="../shared/data/media/video/bikes.mp4")
     ap.add_argument("--cases", default=CASES, help=f"HEIGHT:PRESET,... (heights {sorted(SIZES)})")
+    ap.add_argument("--films", type=int, default=1, help="films coloured in each process; the last is kept")
     args = ap.parse_args()
     cases = [(int(h), p) for h, p in (c.split(":") for c in args.cases.split(",") if c)]
     tmp = Path(tempfile.mkdtemp())
@@ -49,7 +54,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for size, preset in cases:
             for d in args.checkouts:
-                out = subprocess.run([sys.executable, "-c", CHILD, str(clips[size]), preset], cwd=d,
+                out = subprocess.run([sys.executable, "-c", CHILD, str(clips[size]), preset, str(args.films)], cwd=d,
                                      env=dict(os.environ, PYTHONPATH=str(Path(d).absolute())),
                                      capture_output=True, text=True, check=True)
                 fps, ms = json.loads(out.stdout.strip().splitlines()[-1])

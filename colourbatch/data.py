@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, default_convert
 
 from . import colour, files, lineart
+from .device import return_free_memory
 from .config import SPLITS, VAL_FRACTION
 from .errors import EXIT_FAILED, ColourbatchError, InputError, one_line
 
@@ -461,6 +462,8 @@ class Loader(DataLoader):
     def __iter__(self):
         main = threading.current_thread() is threading.main_thread()
         before = signal.getsignal(signal.SIGCHLD) if main else None
+        if self.num_workers > 0:
+            return_free_memory()  # the workers fork now: share less with them (see there)
         it = super().__iter__()
         if self.num_workers == 0:
             return it  # in-process: errors arrive as they are, with their own types

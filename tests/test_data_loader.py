@@ -149,3 +149,19 @@ def test_video_run_ends_when_its_decoder_dies(tmp_path, make_clip, tiny_tinted_w
     with deadline(30), pytest.raises(WorkerError):
         video.colour_video(clip, tmp_path / "out.mp4", run)
     assert not list(tmp_path.glob("*out*"))  # no partial film left behind
+
+
+def test_free_memory_goes_back_to_the_kernel_before_the_workers_fork(monkeypatch):
+    # What the process holds at the fork is shared copy-on-write with the worker; its free
+    # heap is handed back first (device.return_free_memory), while no worker is alive yet.
+    import multiprocessing
+
+    from colourbatch import data
+
+    seen = []
+    monkeypatch.setattr(data, "return_free_memory",
+                        lambda: seen.append(len(multiprocessing.active_children())) or True)
+    assert [len(b) for b in make_loader(Failing("none"), 4, 1)] == [4, 4]
+    assert seen == [0]
+    assert [len(b) for b in make_loader(Failing("none"), 4, 0)] == [4, 4]  # no fork: nothing to do
+    assert seen == [0]

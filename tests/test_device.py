@@ -1,4 +1,8 @@
 """device.py: device and precision choices, without a GPU."""
+import ctypes
+import os
+import sys
+
 import pytest
 import torch
 
@@ -176,3 +180,26 @@ def test_threads_beside_an_encoder_leave_it_half_the_cores(monkeypatch):
         assert device.threads_beside_encoder() == want
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # told: as told
     assert device.threads_beside_encoder() == 3
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "malloc_trim")),
+                    reason="glibc's malloc_trim")
+def test_free_heap_memory_is_handed_back_to_the_kernel():
+    # 200 MiB in blocks below malloc's mmap threshold live on its heap; a block allocated after
+    # them pins the heap's top, so freeing them leaves free pages inside the heap, which malloc
+    # keeps (and a forked worker would share copy-on-write) until they are handed back.
+    blocks = [bytearray(b"x" * (64 * 1024)) for _ in range(3200)]
+    pin = bytearray(b"y" * (64 * 1024))
+    held = _rss_mib()
+    del blocks
+    kept = _rss_mib()
+    assert device.return_free_memory()
+    after = _rss_mib()
+    assert held - kept < 50, "the test needs malloc to keep freed heap memory"
+    assert kept - after > 150
+    assert pin[0] == ord("y")
