@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--cases", default=CASES, help=f"HEIGHT:PRESET,... (heights {sorted(SIZES)})")
     ap.add_argument("--films", type=int, default=1, help="films coloured in each process; the last is kept")
     args = ap.parse_args()
+    if args.films < 1:
+        ap.error("--films must be 1 or more")
     cases = [(int(h), p) for h, p in (c.split(":") for c in args.cases.split(",") if c)]
     tmp = Path(tempfile.mkdtemp())
     clips = {s: floor.real_clip(tmp / f"real{s}.mp4", Path(args.film), *SIZES[s], 4) for s in {h for h, _ in cases}}

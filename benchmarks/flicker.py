@@ -23,6 +23,7 @@ the floor (its warp error), the colourfulness ratio and the a/b PSNR.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -159,8 +160,8 @@ def flow_sides(films: list[Path], sides: list[int], frames: int, stability: floa
     films_data = []
     for path in films:
         info = media.probe(path)
-        batches = [b for b in FrameStream(str(path), 16, size=(info.width, info.height), origin=info.start_time,
-                                          tags=info.colour) if "end" not in b][:(frames + 15) // 16]
+        stream = FrameStream(str(path), 16, size=(info.width, info.height), origin=info.start_time, tags=info.colour)
+        batches = list(itertools.islice((b for b in stream if "end" not in b), (frames + 15) // 16))
         tiles = np.concatenate([b["tiles"][:, 0].numpy() for b in batches])[:frames]
         ab = np.concatenate([engine.predict(b["tiles"]) for b in batches])[:frames]
         src = [colour.rgb_to_lab(cv2.resize(rgb, temporal.METRIC_SIZE, interpolation=cv2.INTER_AREA))

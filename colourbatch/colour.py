@@ -12,7 +12,8 @@ centred on zero; the helpers below convert between the three forms, and
 
 Films travel as Y'CbCr planes: `yuv_to_l` reads a luma plane as the grey it
 shows, `lab_to_chroma` turns L + predicted a/b into the Cb/Cr planes that go
-with an untouched luma plane, in the source's matrix (`YCBCR`) and range.
+with an untouched luma plane, in the source's matrix (`YCBCR`) and range,
+through a `ChromaTable` of the (luma, a, b) a film meets.
 """
 from __future__ import annotations
 
@@ -230,9 +231,11 @@ class ChromaTable:
     a/b are the model's, upsampled: a few thousand (a, b) pairs in a whole
     film. Converting (LAB -> R'G'B' -> Y'CbCr, the gamut fit) once per pair,
     for all 256 lumas, and looking pixels up is exact (the same function) and
-    takes a third of the time at 1080p. 16 M entries of 2 bytes, of which a
-    film touches the rows of its own pairs (pages of memory are given only to
-    those). Shared by a process's films; a lock guards the filling.
+    takes a third of the time at 1080p. 16 M entries of 2 bytes (32 MiB of
+    address space), of which memory is given to the blocks (pages, or 2 MiB huge
+    pages) holding the rows a film touches: about 10 MiB for the model's usual
+    a/b. Shared by a process's films; a lock guards the filling, and readers
+    rely on the GIL for seeing a row whole once it is marked known.
     """
 
     def __init__(self, matrix: str, full_range: bool):
@@ -243,7 +246,11 @@ class ChromaTable:
 
     def look(self, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 planes of one size -> (Cb, Cr) uint8 planes."""
-        key = cv2.bitwise_or(cv2.multiply(a, 256, dtype=cv2.CV_16U), b.astype(np.uint16))
+        if not y.dtype == a.dtype == b.dtype == np.uint8:
+            raise TypeError(f"ChromaTable takes uint8 planes, not {y.dtype}, {a.dtype}, {b.dtype}")
+        key = a.astype(np.uint16)
+        key <<= 8
+        key |= b
         if not np.take(self.known, key).all():
             self._fill(key)
         index = key.astype(np.uint32)

@@ -35,8 +35,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, default_convert
 
 from . import colour, files, lineart
-from .device import return_free_memory
 from .config import SPLITS, VAL_FRACTION
+from .device import return_free_memory
 from .errors import EXIT_FAILED, ColourbatchError, InputError, one_line
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -548,6 +548,10 @@ def make_loader(dataset: Dataset, batch_size: int | None, workers: int, sampler=
         kw.update(prefetch_factor=prefetch, persistent_workers=False,
                   collate_fn=functools.partial(_share_result, collate),
                   worker_init_fn=functools.partial(_worker_init, os.getpid(), worker_init_fn))
+        if sys.platform.startswith("linux"):
+            # Forked, as _worker_init's parent check and Loader's hand-back of free memory
+            # assume; Python 3.14 made forkserver Linux's default.
+            kw.update(multiprocessing_context="fork")
     else:
         kw.update(collate_fn=collate_fn, worker_init_fn=worker_init_fn)
     return Loader(dataset, batch_size=batch_size, num_workers=workers, sampler=sampler,

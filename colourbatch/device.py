@@ -297,7 +297,7 @@ def set_cpu_threads(threads: int | None = None) -> int:
 
 def return_free_memory() -> bool:
     """Hand the C allocator's free memory back to the kernel (glibc's malloc_trim); False where
-    the C library has none (musl, macOS).
+    the C library has none (musl, macOS, Windows).
 
     Called just before a data worker forks. Pages this process holds at the fork are
     shared with the child copy-on-write, and the allocator reuses its free ones for each
@@ -311,7 +311,8 @@ def return_free_memory() -> bool:
     """
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return False
+    trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True

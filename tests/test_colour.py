@@ -170,14 +170,21 @@ def test_chroma_that_would_leave_the_gamut_is_shrunk_so_the_luma_holds(level, a,
 def test_chroma_table_gives_the_conversion_pixel_by_pixel_and_fills_only_the_pairs_met(matrix, full_range):
     rng = np.random.default_rng(3)
     table = colour.ChromaTable(matrix, full_range)
-    for lo, hi in ((100, 160), (0, 256)):  # the model's usual a/b, then any (extremes leave the gamut)
-        y = rng.integers(0, 256, (60, 90)).astype(np.uint8)
-        a, b = (rng.integers(lo, hi, (60, 90)).astype(np.uint8) for _ in range(2))
-        got = table.look(y, a, b)
+    pairs = set()
+    # The model's usual a/b, then any (extremes leave the gamut), then planes of odd layouts.
+    for lo, hi, shape in ((100, 160, (60, 90)), (0, 256, (60, 90)), (0, 256, (1, 1)), (90, 170, (7, 1))):
+        y = rng.integers(0, 256, shape).astype(np.uint8)
+        a, b = (rng.integers(lo, hi, shape).astype(np.uint8) for _ in range(2))
         want = colour._chroma_of(y, a, b, matrix, full_range)
-        assert all(np.array_equal(g, w) for g, w in zip(got, want))
-    pairs = np.unique(np.concatenate([(a.astype(int) << 8 | b).ravel()]))
-    assert pairs.size <= table.known.sum() < 2 * 60 * 90  # rows of the pairs met, not the whole table
+        assert all(np.array_equal(g, w) for g, w in zip(table.look(y, a, b), want))
+        pairs |= set((a.astype(int) << 8 | b).ravel().tolist())
+    assert table.known.sum() == len(pairs)  # the rows of the pairs met, no others
+    # Views that are not contiguous (a plane's every other column) are read as they are.
+    y, a, b = (rng.integers(0, 256, (20, 40)).astype(np.uint8)[:, ::2] for _ in range(3))
+    want = colour._chroma_of(*(np.ascontiguousarray(p) for p in (y, a, b)), matrix, full_range)
+    assert all(np.array_equal(g, w) for g, w in zip(table.look(y, a, b), want))
+    with pytest.raises(TypeError, match="uint8"):
+        table.look(y.astype(np.uint16), a, b)  # 10-bit luma would spill into the a/b bits
     assert colour.chroma_table(matrix, full_range) is colour.chroma_table(matrix, full_range)
 
 

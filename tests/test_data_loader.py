@@ -165,3 +165,11 @@ def test_free_memory_goes_back_to_the_kernel_before_the_workers_fork(monkeypatch
     assert seen == [0]
     assert [len(b) for b in make_loader(Failing("none"), 4, 0)] == [4, 4]  # no fork: nothing to do
     assert seen == [0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guards are Linux's")
+def test_workers_are_forked_whatever_python_defaults_to():
+    # _worker_init checks that its parent is this process, and the free memory is handed back
+    # before a fork: a forkserver (Python 3.14's default on Linux) would defeat both.
+    loader = make_loader(Failing("none"), 4, 1)
+    assert loader.multiprocessing_context.get_start_method() == "fork"

@@ -1,4 +1,4 @@
-"""device.py: device and precision choices, without a GPU."""
+"""device.py: device and precision choices, threads, and memory handed back before a fork; without a GPU."""
 import ctypes
 import os
 import sys
@@ -200,6 +200,7 @@ def test_free_heap_memory_is_handed_back_to_the_kernel():
     kept = _rss_mib()
     assert device.return_free_memory()
     after = _rss_mib()
-    assert held - kept < 50, "the test needs malloc to keep freed heap memory"
+    if held - kept >= 50:
+        pytest.skip("this allocator returns freed heap memory by itself")
     assert kept - after > 150
     assert pin[0] == ord("y")

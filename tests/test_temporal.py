@@ -268,3 +268,30 @@ def test_a_still_camera_starting_a_fast_pan_is_no_cut_where_the_flow_explains_it
     for f in frames:
         metric.add(f, ab[0].transpose(1, 2, 0))
     assert metric.cuts == 0 and len(metric.errors) == len(frames) - 1
+
+
+def _carry_as_before(acc, pull, here):
+    """temporal._carry as it was in numpy, before its OpenCV form."""
+    coords, trust = pull
+    moved = temporal.warp(acc, coords)
+    mean = moved[..., :2] / np.maximum(moved[..., 2:], 1e-6)
+    gap = np.abs(mean[..., 0] - here[..., 0]) + np.abs(mean[..., 1] - here[..., 1])
+    trust = trust * np.exp(-(np.maximum(gap - temporal.GATE_FREE, 0) / temporal.GATE_SCALE) ** 2)
+    return trust[..., None] * moved
+
+
+@pytest.mark.parametrize("side", [1, 7, 56])
+def test_carry_computes_what_its_numpy_form_did(side):
+    rng = np.random.default_rng(side)
+    here = np.dstack([rng.uniform(60, 200, (side, side, 2)), np.ones((side, side))]).astype(np.float32)
+    weight = rng.uniform(0, 6, (side, side, 1)).astype(np.float32)
+    weight[0, 0] = 0  # nothing carried there yet
+    # Colour a neighbour carries: near the frame's own, around the gate's edge, and far off.
+    off = rng.choice([0.0, 19.5, 20.0, 20.5, 45.0], (side, side, 2)) * rng.choice([-1, 1], (side, side, 2))
+    acc = np.concatenate([(here[..., :2] + off) * weight, weight], axis=2).astype(np.float32)
+    coords = (temporal._grid(side, side) + rng.normal(0, 0.7, (side, side, 2))).astype(np.float32)
+    trust = rng.uniform(0, 1, (side, side)).astype(np.float32)
+    trust_before = trust.copy()
+    got = temporal._carry(acc, (coords, trust), here)
+    np.testing.assert_array_equal(got, _carry_as_before(acc, (coords, trust), here))
+    np.testing.assert_array_equal(trust, trust_before)  # a pull's trust serves every frame it reaches
