@@ -264,11 +264,13 @@ class ChromaTable:
             rows = np.unique(key[~np.take(self.known, key)])
             if not len(rows):
                 return
-            y = np.broadcast_to(np.arange(256, dtype=np.uint8), (len(rows), 256)).copy()
-            a, b = (np.repeat(v.astype(np.uint8)[:, None], 256, axis=1) for v in (rows >> 8, rows & 255))
-            cb, cr = _chroma_of(y, a, b, self.matrix, self.full_range)
-            self.table[rows] = np.dstack([cb, cr])
-            self.known[rows] = True  # after the rows: a reader that sees it reads them whole
+            for i in range(0, len(rows), 4096):  # 1 M pixels at a time: bounded scratch memory
+                part = rows[i:i + 4096]
+                y = np.broadcast_to(np.arange(256, dtype=np.uint8), (len(part), 256)).copy()
+                a, b = (np.repeat(v.astype(np.uint8)[:, None], 256, axis=1) for v in (part >> 8, part & 255))
+                cb, cr = _chroma_of(y, a, b, self.matrix, self.full_range)
+                self.table[part] = np.dstack([cb, cr])
+                self.known[part] = True  # after the rows: a reader that sees it reads them whole
 
 
 @functools.lru_cache(maxsize=None)
