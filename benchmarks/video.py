@@ -29,11 +29,12 @@ each size and x264 preset, measured in this one run:
   pays that cost in full, an hour of film once;
 * the work colourbatch does besides the floor's stages, each alone on one
   thread (floor.product_ms: the glue between the stages, the stabiliser, the
-  decoding of the network's output distribution), and what is left of the
+  decoding of the network's output distribution), what x264's own frame
+  threads cost beyond its one-thread floor (x264 alone both ways: one film's
+  encode can only use both cores that way), and what is left of the
   pipeline's CPU a frame once under way beyond them and the floor (torch's
-  forward against the fastest runtime's, x264's frame threads against one,
-  threads, the decode process, copies). These explain the distance to the floor;
-  they are not a yardstick.
+  forward against the fastest runtime's, threads, the decode process,
+  copies). These explain the distance to the floor; they are not a yardstick.
 
 Then peak RSS of fresh processes colouring 720p clips of each --rss length:
 it must not grow with the film's length. Wall-clock rates swing when other work
@@ -133,13 +134,15 @@ def main() -> None:
                 colour_clip = coloured(clip, colouriser, Path(tmp) / f"c{size}{kind}.mp4")
                 for preset in [p for p in args.presets.split(",") if p]:
                     enc = encode_ms(colour_clip, preset, 18)
+                    threads_extra = encode_ms(colour_clip, preset, 18, threaded=True) - enc
                     stages = {"decode": dec, "encode": enc, "network": net}
                     floor = floor_fps(stages, cores)
                     on = pipeline_fps(clip, colouriser, preset)
                     off = pipeline_fps(clip, colouriser, preset, stability=0.0)
                     film = film_rate(on, frames, pipeline_fps(long_clip, colouriser, preset), long_frames)
                     rows.append(dict(clip=f"{size}p {kind}", preset=preset, work=sum(stages.values()),
-                                     floor=floor, product=product, on=on, off=off, film=film, **stages))
+                                     floor=floor, product=product, on=on, off=off, film=film,
+                                     threads_extra=threads_extra, **stages))
                     print(f"{size}p {kind} {preset}: decode {dec:.1f} + x264 {enc:.1f} + network {net:.1f} ms "
                           f"-> floor {floor:.2f} f/s; pipeline {on.fps:.2f} f/s ({on.fps / floor:.2f}), "
                           f"a film's rate {film.fps:.2f} ({film.fps / floor:.2f}) + {film.fixed_s:.2f} s a film, "
@@ -168,20 +171,23 @@ def main() -> None:
               f"{100 * (1 - on.fps / off.fps):.0f} % |")
     print("\nWhere a film's CPU goes, ms a frame once under way (stable when the machine is shared): the "
           "floor's stages; the work colourbatch does besides them, each measured alone (glue: L tile + chroma; "
-          "the stabiliser; the distribution decode); the pipeline's own (this process, its threads, the decode "
+          "the stabiliser; the distribution decode); what x264's frame threads cost beyond its one thread "
+          "(x264 alone both ways); the pipeline's own (this process, its threads, the decode "
           "worker, from the short and the long clip); what is left (threads, processes, copies); the floor's "
           "share of the pipeline's work; the CPU each film pays once; and the perfect overlap of the floor's "
           "stages and colourbatch's work together:\n")
-    print("| clip | preset | floor's stages | glue | stabiliser | distribution decode | pipeline | left | "
-          "floor's work / pipeline's | cores the pipeline got | fixed CPU a film (s) | floor + that work (f/s) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| clip | preset | floor's stages | glue | stabiliser | distribution decode | x264's threads | "
+          "pipeline | left | floor's work / pipeline's | cores the pipeline got | fixed CPU a film (s) | "
+          "floor + that work (f/s) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         p, film = r["product"], r["film"]
-        left = film.cpu_ms - r["work"] - sum(p.values())
+        left = film.cpu_ms - r["work"] - sum(p.values()) - r["threads_extra"]
         # CPU seconds per wall second: below the core count when other work shares the machine
         # (or the overlap leaves a core idle); the wall ratio to the floor cannot beat got / cores.
         print(f"| {r['clip']} | {r['preset']} | {r['work']:.0f} | {p['glue']:.1f} | {p['stabiliser']:.1f} | "
-              f"{p['distribution decode']:.1f} | {film.cpu_ms:.0f} | {left:.0f} | {r['work'] / film.cpu_ms:.2f} | "
+              f"{p['distribution decode']:.1f} | {r['threads_extra']:.1f} | {film.cpu_ms:.0f} | {left:.0f} | "
+              f"{r['work'] / film.cpu_ms:.2f} | "
               f"{film.cpu_ms * film.fps / 1000:.2f} | {film.fixed_cpu_s:.2f} | "
               f"{cores * 1000 / (r['work'] + sum(p.values())):.2f} |")
     if rss:
