@@ -23,7 +23,6 @@ the floor (its warp error), the colourfulness ratio and the a/b PSNR.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import tempfile
 import time
@@ -150,20 +149,16 @@ def flow_sides(films: list[Path], sides: list[int], frames: int, stability: floa
     encode; the first side is the yardstick of the ratios."""
     import cv2
 
-    from colourbatch import colour, media, temporal
+    from benchmarks.floor import film_tiles_ab, stabilised
+    from colourbatch import colour, temporal
     from colourbatch.device import one_opencv_thread
     from colourbatch.evaluate import psnr
     from colourbatch.pipeline import Colouriser, RunConfig
-    from colourbatch.video import FrameStream
 
     engine = Colouriser(RunConfig(weights=weights, workers=1))
     films_data = []
     for path in films:
-        info = media.probe(path)
-        stream = FrameStream(str(path), 16, size=(info.width, info.height), origin=info.start_time, tags=info.colour)
-        batches = list(itertools.islice((b for b in stream if "end" not in b), (frames + 15) // 16))
-        tiles = np.concatenate([b["tiles"][:, 0].numpy() for b in batches])[:frames]
-        ab = np.concatenate([engine.predict(b["tiles"]) for b in batches])[:frames]
+        tiles, ab = film_tiles_ab(path, engine, frames)
         src = [colour.rgb_to_lab(cv2.resize(rgb, temporal.METRIC_SIZE, interpolation=cv2.INTER_AREA))
                for rgb in frames_of(path, len(tiles))]
         films_data.append((path.stem, tiles, ab, src))
@@ -174,11 +169,9 @@ def flow_sides(films: list[Path], sides: list[int], frames: int, stability: floa
             temporal.FLOW_SIDE = side
             cpu, row = 0.0, []
             for k, (name, tiles, ab, src) in enumerate(films_data):
-                stab = temporal.Stabiliser(stability, reach)
                 with one_opencv_thread():
                     t = time.process_time()
-                    out = np.concatenate([stab.feed(tiles[i:i + 16], ab[i:i + 16]) for i in range(0, len(tiles), 16)]
-                                         + [stab.finish()])
+                    out = stabilised(tiles, ab, stability, reach)
                     cpu += time.process_time() - t
                 metric = temporal.WarpError()
                 ps = []

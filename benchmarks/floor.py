@@ -158,8 +158,10 @@ def glue_ms(path: Path, before: bool = True) -> dict[str, float]:
     """CPU ms a frame of the work between decode, network and encode, on this clip's frames:
     the planes path colourbatch takes (luma -> L tile; luma + a/b -> Cb/Cr at 4:2:0 size), and
     for reference the RGB path it replaced (RGB decode -> L -> tile; merge_l_ab at full size ->
-    RGB -> yuv420p; `before` False leaves it out)."""
+    RGB -> yuv420p; `before` False leaves it out, and the chroma step alone, looked up in
+    colour.ChromaTable and converted pixel by pixel as before the table)."""
     import av
+    import cv2
     import numpy as np
 
     from colourbatch import colour, media
@@ -181,10 +183,54 @@ def glue_ms(path: Path, before: bool = True) -> dict[str, float]:
             l8 = colour.rgb_to_l(f.to_ndarray(format="rgb24"))
             colour.l_tile(l8)
             av.VideoFrame.from_ndarray(colour.merge_l_ab(l8, ab), format="rgb24").reformat(format="yuv420p")
+
+    size = ((w + 1) // 2, (h + 1) // 2)
+    ys = [media.luma_plane(f, tags, w, h) for f in frames]
+
+    def chroma_per_pixel():  # lab_to_chroma before its table: every pixel converted
+        for y in ys:
+            y = cv2.resize(y, size, interpolation=cv2.INTER_AREA)
+            a, b = (cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) for p in ab)
+            colour._chroma_of(y, a, b, tags.matrix, tags.full_range)
+
+    def chroma_table():
+        for y in ys:
+            colour.lab_to_chroma(y, ab, tags.matrix, tags.full_range, size)
+
+    chroma_table()  # the film's a/b pairs into the chroma table: a film pays that once
     out = {"planes (colourbatch)": cpu_ms(planes, len(frames))}
     if before:
         out["RGB (before)"] = cpu_ms(rgb_path, len(frames))
+        out["chroma, table"] = cpu_ms(chroma_table, len(frames))
+        out["chroma, per pixel"] = cpu_ms(chroma_per_pixel, len(frames))
     return out
+
+
+def film_tiles_ab(path: Path, colouriser, frames: int | None = None):
+    """(L tiles (N, S, S) uint8, the model's a/b (N, 2, h, w) uint8) of the first `frames` frames
+    of `path` (None: all), as `colourbatch video` makes them (video.FrameStream, Colouriser)."""
+    import itertools
+
+    from colourbatch import media
+    from colourbatch.video import FrameStream
+
+    info = media.probe(path)
+    stream = FrameStream(str(path), 16, size=(info.width, info.height), origin=info.start_time, tags=info.colour)
+    batches = list(itertools.islice((b for b in stream if "end" not in b),
+                                    None if frames is None else (frames + 15) // 16))
+    tiles = np.concatenate([b["tiles"][:, 0].numpy() for b in batches])[:frames]
+    ab = np.concatenate([colouriser.predict(b["tiles"]) for b in batches])[:frames]
+    return tiles, ab
+
+
+def stabilised(tiles, ab, stability: float, reach: int):
+    """The stabiliser's a/b of a film's tiles and predictions, fed in batches of 16 as the
+    writer feeds it."""
+    from colourbatch.temporal import Stabiliser
+
+    st = Stabiliser(stability, reach)
+    return np.concatenate([st.feed(tiles[i:i + 16], ab[i:i + 16]) for i in range(0, len(tiles), 16)]
+                          + [st.finish()])
 
 
 def product_ms(path: Path, colouriser) -> dict[str, float]:
@@ -198,28 +244,15 @@ def product_ms(path: Path, colouriser) -> dict[str, float]:
     processes, copies)."""
     import torch
 
-    from colourbatch import media, temporal
     from colourbatch.config import VideoConfig
     from colourbatch.device import one_opencv_thread
     from colourbatch.model import model_input
-    from colourbatch.video import FrameStream
 
-    info = media.probe(path)
     with one_opencv_thread():
         out = {"glue": glue_ms(path, before=False)["planes (colourbatch)"]}
-        # The film's tiles and the model's a/b for them, as `colourbatch video` makes them.
-        batches = [b for b in FrameStream(str(path), 16, size=(info.width, info.height),
-                                          origin=info.start_time, tags=info.colour) if "end" not in b]
-        tiles = np.concatenate([b["tiles"][:, 0].numpy() for b in batches])
-        ab = np.concatenate([colouriser.predict(b["tiles"]) for b in batches])
+        tiles, ab = film_tiles_ab(path, colouriser)
         vcfg = VideoConfig()
-
-        def stabilise():
-            st = temporal.Stabiliser(vcfg.stability, vcfg.reach)
-            for i in range(0, len(tiles), 16):
-                st.feed(tiles[i:i + 16], ab[i:i + 16])
-            st.finish()
-        out["stabiliser"] = cpu_ms(stabilise, len(tiles))
+        out["stabiliser"] = cpu_ms(lambda: stabilised(tiles, ab, vcfg.stability, vcfg.reach), len(tiles))
     net = colouriser.model
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

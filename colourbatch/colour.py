@@ -231,11 +231,11 @@ class ChromaTable:
     a/b are the model's, upsampled: a few thousand (a, b) pairs in a whole
     film. Converting (LAB -> R'G'B' -> Y'CbCr, the gamut fit) once per pair,
     for all 256 lumas, and looking pixels up is exact (the same function) and
-    takes a third of the time at 1080p. 16 M entries of 2 bytes (32 MiB of
-    address space), of which memory is given to the blocks (pages, or 2 MiB huge
-    pages) holding the rows a film touches: about 10 MiB for the model's usual
-    a/b. Shared by a process's films; a lock guards the filling, and readers
-    rely on the GIL for seeing a row whole once it is marked known.
+    takes a quarter of the time at 1080p (benchmarks/floor.py's "chroma"
+    lines). 16 M entries of 2 bytes: 32 MiB of address space, of which memory
+    is given only to the blocks (pages, or 2 MiB huge pages) holding the rows a
+    film touches. Shared by a process's films; a lock guards the filling, and
+    readers rely on the GIL for seeing a row whole once it is marked known.
     """
 
     def __init__(self, matrix: str, full_range: bool):

@@ -99,13 +99,13 @@ class CutDetector:
 
 # ------------------------------------------------------------------ stabiliser
 #: DIS preset and plane side of the stabiliser's flow (two flows a frame, between the L tiles
-#: averaged down to FLOW_SIDE): MEDIUM at 128 costs 1.6 ms a flow on one core here, FAST at the
-#: full 224 1.05 ms, and MEDIUM tracks better: bikes.mp4's warp error 0.40 against 0.46 (offline
-#: on the model's a/b, reach 12; the whole stabiliser 5.5 against 5.9 ms a frame; earlier code
-#: and weights). Now, at 96 rather than 128, the whole stabiliser costs 5.2 rather than 7.0 ms a frame and the warp error of
-#: bikes, vtest, carphone and tree rises 2-4 % (0.262 -> 0.271, 0.077 -> 0.080, 0.173 -> 0.176,
-#: 0.210 -> 0.217; a/b PSNR the same to 0.03 dB); at 80 it rises 4-13 %. Offline, first 100
-#: frames, the shipped default, reach 16: `benchmarks/flicker.py --flow-sides 128,96,80 FILMS`.
+#: averaged down to FLOW_SIDE). MEDIUM tracks better than FAST: bikes.mp4's warp error 0.40
+#: against FAST at the full 224's 0.46 (offline, reach 12, earlier code and weights). At 96
+#: rather than 128 the whole stabiliser costs 5.2 rather than 7.0 ms a frame, and the warp
+#: error of bikes, vtest, carphone and tree rises 2-4 % (0.262 -> 0.271, 0.077 -> 0.080,
+#: 0.173 -> 0.176, 0.210 -> 0.217; a/b PSNR the same to 0.03 dB); at 80 it rises 4-13 %.
+#: Offline, first 100 frames, the shipped default, reach 16:
+#: `python benchmarks/flicker.py --flow-sides 128,96,80 FILMS`.
 FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
 FLOW_SIDE = 96
 #: Forward-backward consistency (Sundaram et al. 2010): a pixel is visible in both frames when
@@ -243,8 +243,8 @@ def _carry(acc: np.ndarray, pull: tuple[np.ndarray, np.ndarray], here: np.ndarra
     moved = warp(acc, coords)
     a, b, weight = cv2.split(moved)
     np.maximum(weight, np.float32(1e-6), out=weight)
-    # |mean a - here a| + |mean b - here b|, in OpenCV: on planes this small numpy's call
-    # overhead was most of the stabiliser's time.
+    # |mean a - here a| + |mean b - here b|, in OpenCV on whole planes: numpy's expressions on
+    # the channels of interleaved planes this small cost more (the same values, tested).
     gap = cv2.add(cv2.absdiff(cv2.divide(a, weight), here[..., 0]), cv2.absdiff(cv2.divide(b, weight), here[..., 1]))
     far = np.flatnonzero(gap > GATE_FREE)  # the gate is 1 elsewhere: most colour agrees
     if len(far):
