@@ -1,36 +1,60 @@
 """`colourbatch video` on a CUDA GPU: frames/s at 1080p and where the time goes.
 
-    python benchmarks/cuda.py [--size 1080] [--seconds 4] [--batch 64] [--json OUT]
+    python benchmarks/cuda.py [--size 1080] [--seconds 4] [--long 10] [--batch 64] [--film FILM] [--json OUT]
 
 All in one run on one machine, against the floor of the work:
 
 * decode: PyAV decoding the clip to YUV planes, one thread (the pipeline decodes
   in a DataLoader worker);
 * encode: libx264 at CRF 18, presets medium and veryfast, fed ready planes
-  (x264's own threads, as the pipeline runs it);
+  (x264's own threads, as the pipeline runs it): the frames the pipeline made
+  of the clip, decoded first (x264's cost depends on the chroma it is given);
 * network: the model's forward on 224x224 tiles at `--batch`, on the GPU, fp16
   and bf16 autocast and fp32, timed with a device synchronise, without the
   decoding of its output distribution; then `Colouriser.predict` (uint8 tiles
   in, uint8 a/b out: upload, forward, annealed-mean decode, download);
-* the pipeline: `colour_video` on the same clip (`floor.pipeline_fps`), each
-  precision and preset, stabiliser on (default) and off.
+* the pipeline: `colour_video` (`floor.pipeline_fps`, fp16, a warm model) at
+  each preset, stabiliser on (default) and off, on a clip of --seconds and one
+  of --long seconds; from the two (`floor.film_rate`) the rate once a film is
+  under way and the fixed cost each film pays once (filling the first batch of
+  --batch frames, draining the stabiliser, the writer and x264 at the end).
 
 The floor of a pipeline that overlaps decode, model and encode is the slowest
-of them; the ratio printed is the pipeline's frames/s over that. The clip is
-synthetic (floor.make_clip: grey, motion everywhere), so the script needs nothing
-but the repository.
+of them; the ratio printed is the pipeline's frames/s under way over that,
+with decode and encode measured alone on the same clip, also under way (from
+its short and long clips: x264's look-ahead and frame threads fill and drain
+once a film). The first lines time them over the short synthetic clip whole.
+
+Where the time goes: the CPU work between the stages, each alone on one
+thread (`floor.glue_ms`: luma -> L tile and a/b -> Cb/Cr; the stabiliser), and
+one pipeline run of the long clip per preset with wall-clock timers around its
+parts: in the main thread the model and the wait for room in the colour stage's
+queue (the colour stage is then the slower); in the colour stage's thread the
+stabiliser, the chroma and the wait for the writer; in the writer's thread the
+call into the encoder (which blocks while x264's frame threads are all busy).
+
+`--code DIR --pipeline-only` times another checkout's colourbatch package in
+the same way (the synthetic rows alone, stabiliser on): an A/B on one machine.
+
+The clip is synthetic (floor.make_clip: grey, motion everywhere), so the script
+needs nothing but the repository; `--film` also runs a real film, scaled to the
+same size (floor.real_clip).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# --code DIR: that checkout's colourbatch instead of this one's (read before anything imports it)
+CODE = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--code"), str(ROOT))
+sys.path.insert(0, CODE)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SIZES = {360: (640, 360), 720: (1280, 720), 1080: (1920, 1080)}
@@ -43,32 +67,143 @@ def timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - t) / repeat
 
 
+def time_parts(clip: Path, eng, preset: str) -> dict[str, float]:
+    """Wall ms a frame of one pipeline run (floor.pipeline_fps) and of its parts, from timers
+    wrapped around them for the run (see the module's docstring)."""
+    from colourbatch import colour, media, temporal, video
+    from colourbatch.pipeline import Colouriser
+    from floor import pipeline_fps
+
+    spent: dict[str, float] = defaultdict(float)
+    parts = {"main: model": (Colouriser, "predict"),
+             "main: waiting on the colour stage": (video._Colour, "put"),
+             "colour thread: stabiliser": (temporal.Stabiliser, "feed"),
+             "colour thread: chroma": (colour, "lab_to_chroma"),
+             "colour thread: waiting on the writer": (video._Writer, "put"),
+             "writer thread: encoder call": (media.Encoder, "write_planes")}
+    own = {key: owner.__dict__.get(name) for key, (owner, name) in parts.items()}
+    for key, (owner, name) in parts.items():
+        def wrapped(*a, _orig=getattr(owner, name), _key=key, **k):
+            t = time.perf_counter()
+            try:
+                return _orig(*a, **k)
+            finally:
+                spent[_key] += time.perf_counter() - t
+        setattr(owner, name, wrapped)
+    try:
+        t = time.perf_counter()
+        run = pipeline_fps(clip, eng, preset)
+        wall = time.perf_counter() - t
+    finally:
+        for key, (owner, name) in parts.items():
+            if own[key] is None:
+                delattr(owner, name)  # inherited: the base class's serves again
+            else:
+                setattr(owner, name, own[key])
+    frames = run.fps * wall
+    return {"wall": 1000 / run.fps, **{k: 1000 * v / frames for k, v in spent.items()}}
+
+
+def under_way(short: Path, long: Path, eng, preset: str, stab: float) -> dict[str, float]:
+    """The pipeline on a short and a long clip, and from the two the rate once under way."""
+    from colourbatch import media
+    from floor import film_rate, pipeline_fps
+
+    runs = [(pipeline_fps(p, eng, preset, stab), media.probe(p).frames) for p in (short, long)]
+    rate = film_rate(runs[0][0], runs[0][1], runs[1][0], runs[1][1])
+    return {"fps_short": runs[0][0].fps, "fps_long": runs[1][0].fps, "fps": rate.fps, "fixed_s": rate.fixed_s}
+
+
+def alone(path: Path, coloured: Path, presets, folder: Path) -> dict[str, float]:
+    """Wall seconds of the floor's stages alone on one clip: decoding it to planes (one thread,
+    as the decode worker runs), and x264 at each preset (its own threads, as the pipeline runs
+    it) fed the frames the pipeline made of it (`coloured`, decoded first): x264's cost depends
+    on the chroma it is given."""
+    import av
+
+    from colourbatch import media
+
+    info = media.probe(path)
+    t = time.perf_counter()
+    frames = sum(1 for _ in media.Decoder(path, tags=info.colour))
+    out = {"frames": frames, "decode_s": time.perf_counter() - t}
+    w, h = info.width, info.height
+    with av.open(str(coloured)) as c:  # yuv420p at an even size: Y, then Cb, then Cr, stacked
+        planes = [(p[:h], p[h:h + h // 4].reshape(h // 2, w // 2), p[h + h // 4:].reshape(h // 2, w // 2))
+                  for p in (f.to_ndarray(format="yuv420p") for f in c.decode(video=0))]
+    step = int(round(1 / (info.fps * info.time_base)))
+    for preset in presets:
+        enc = media.Encoder(folder / f"alone-{preset}.mp4", info, w, h, media.EncodeSettings(preset=preset))
+        t = time.perf_counter()
+        for i, (y, cb, cr) in enumerate(planes):
+            enc.write_planes(y, cb, cr, i * step)
+        enc.close()
+        out[f"encode_s_{preset}"] = time.perf_counter() - t
+    return out
+
+
+def floor_under_way(short: dict, long: dict) -> dict[str, float]:
+    """ms a frame of each stage once under way: the long clip's extra frames over its extra time
+    (x264's look-ahead filling and its frame threads draining are paid once a film)."""
+    extra = long["frames"] - short["frames"]
+    return {k.replace("_s", "_ms", 1): 1000 * (long[k] - short[k]) / extra for k in short if k != "frames"}
+
+
 def main() -> None:
     import numpy as np
     import torch
 
     from colourbatch import colour, media
     from colourbatch.config import RunConfig, VideoConfig
+    from colourbatch.device import one_opencv_thread
     from colourbatch.model import model_input
     from colourbatch.pipeline import Colouriser
-    from floor import make_clip, pipeline_fps  # benchmarks/floor.py: the same clip, the same pipeline run
+    # benchmarks/floor.py: the same clips, stage timings and pipeline run as the CPU benchmarks
+    from floor import film_tiles_ab, glue_ms, make_clip, pipeline_fps, real_clip, stabilised
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1080, choices=sorted(SIZES))
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--seconds", type=float, default=4.0, help="the short clip's length")
+    ap.add_argument("--long", type=float, default=10.0, help="the long clip's length")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--film", default=None, help="also run this real film, scaled to --size")
+    ap.add_argument("--weights", default=str(ROOT / "weights" / "default.pt"))
+    ap.add_argument("--code", default=str(ROOT), help="the checkout whose colourbatch is timed")
+    ap.add_argument("--pipeline-only", action="store_true", help="only the synthetic pipeline, stabiliser on")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--device", default="cuda", help="cpu: a quick dry run of the script itself")
     args = ap.parse_args()
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: this benchmark measures the GPU path")
+    import colourbatch
     res: dict = {"gpu": torch.cuda.get_device_name(0) if dev == "cuda" else "none", "torch": torch.__version__,
-                 "size": args.size, "batch": args.batch}
+                 "size": args.size, "batch": args.batch, "code": str(Path(colourbatch.__file__).parent.parent),
+                 "cpus": os.cpu_count()}
     print(json.dumps(res), flush=True)
+
+    def report(key, value):
+        res[key] = value
+        print(json.dumps({key: value}), flush=True)
+
     w, h = SIZES[args.size]
+    precisions = ("fp16", "bf16", "fp32") if dev == "cuda" else ("fp32",)
     with tempfile.TemporaryDirectory() as d:
-        clip = make_clip(Path(d) / "clip.mp4", w, h, args.seconds)
+        clips = {"synthetic": [make_clip(Path(d) / f"clip{s}.mp4", w, h, s) for s in (args.seconds, args.long)]}
+        if args.film and not args.pipeline_only:
+            clips[Path(args.film).stem] = [real_clip(Path(d) / f"film{s}.mp4", Path(args.film), w, h, s)
+                                           for s in (args.seconds, args.long)]
+        clip = clips["synthetic"][0]
+        if args.pipeline_only:
+            eng = Colouriser(RunConfig(device=dev, precision=precisions[0], batch_size=args.batch,
+                                       weights=args.weights))
+            pipeline_fps(clip, eng, "veryfast")  # warm-up: cuDNN picks its kernels
+            for preset in ("medium", "veryfast"):
+                report(f"pipeline_synthetic_{precisions[0]}_{preset}",
+                       under_way(*clips["synthetic"], eng, preset, VideoConfig().stability))
+            if args.json:
+                Path(args.json).write_text(json.dumps(res, indent=1))
+            return
         info = media.probe(clip)
         tags = info.colour
 
@@ -76,14 +211,16 @@ def main() -> None:
         t = time.perf_counter()
         ys = [pic.y for pic, _ in media.Decoder(clip, tags=tags)]
         n = len(ys)
-        res["decode_ms"] = 1000 * (time.perf_counter() - t) / n
+        report("decode_ms", 1000 * (time.perf_counter() - t) / n)
         # -- the model
         tiles = np.stack([colour.l_tile(colour.yuv_to_l(y, tags.full_range)) for y in ys[:args.batch]])
         while len(tiles) < args.batch:
             tiles = np.concatenate([tiles, tiles])[:args.batch]
         x_cpu = torch.from_numpy(tiles)[:, None]
-        for prec in ("fp16", "bf16", "fp32") if dev == "cuda" else ("fp32",):
-            eng = Colouriser(RunConfig(device=dev, precision=prec, batch_size=args.batch))
+        engines = {}
+        for prec in precisions:
+            eng = engines[prec] = Colouriser(RunConfig(device=dev, precision=prec, batch_size=args.batch,
+                                                       weights=args.weights))
             x = x_cpu.to(dev)
             net = eng.model
 
@@ -96,13 +233,12 @@ def main() -> None:
 
             for _ in range(5):
                 fwd()
-            res[f"forward_ms_per_tile_{prec}"] = 1000 * timed(fwd, 20) / args.batch
+            report(f"forward_ms_per_tile_{prec}", 1000 * timed(fwd, 20) / args.batch)
             for _ in range(3):
                 eng.predict(x_cpu)
-            res[f"predict_ms_per_tile_{prec}"] = 1000 * timed(lambda: eng.predict(x_cpu), 20) / args.batch
-            print(json.dumps({k: v for k, v in res.items() if prec in k}), flush=True)
+            report(f"predict_ms_per_tile_{prec}", 1000 * timed(lambda: eng.predict(x_cpu), 20) / args.batch)
         # -- encode alone
-        ab = Colouriser(RunConfig(device=dev, precision="fp16" if dev == "cuda" else "fp32")).predict(x_cpu[:16])
+        ab = engines[precisions[0]].predict(x_cpu[:16])
         for preset in ("medium", "veryfast"):
             enc = media.Encoder(Path(d) / f"e-{preset}.mp4", info, w, h, media.EncodeSettings(preset=preset))
             step = int(round(1 / (info.fps * info.time_base)))
@@ -113,20 +249,36 @@ def main() -> None:
                 cb, cr = planes[i % len(planes)]
                 enc.write_planes(ys[i], cb, cr, i * step)
             enc.close()
-            res[f"encode_ms_{preset}"] = 1000 * (time.perf_counter() - t) / n
-        print(json.dumps({k: v for k, v in res.items() if k.startswith(("decode", "encode"))}), flush=True)
-        # -- the pipeline
-        for prec in ("fp16", "bf16") if dev == "cuda" else ("fp32",):
-            eng = Colouriser(RunConfig(device=dev, precision=prec, batch_size=args.batch))
-            pipeline_fps(clip, eng, "veryfast")  # warm-up: cuDNN picks its kernels
-            for preset in ("medium", "veryfast"):
+            report(f"encode_ms_{preset}", 1000 * (time.perf_counter() - t) / n)
+        # -- the work between the stages, each alone on one thread (CPU ms a frame)
+        eng = engines[precisions[0]]
+        with one_opencv_thread():
+            report("glue_ms", glue_ms(clip, before=False)["planes (colourbatch)"])
+            film_tiles, film_ab = film_tiles_ab(clip, eng)
+            vcfg = VideoConfig()
+            t = time.process_time()
+            stabilised(film_tiles, film_ab, vcfg.stability, vcfg.reach)
+            report("stabiliser_ms", 1000 * (time.process_time() - t) / len(film_tiles))
+        # -- the pipeline (fp16: the network's cost is a rounding error beside the CPU's work)
+        eng = engines[precisions[0]]
+        presets = ("medium", "veryfast")
+        for name, (short, long) in clips.items():
+            made = {}
+            for p in (short, long):  # what x264's floor is fed; also the warm-up (cuDNN picks its kernels)
+                made[p] = Path(d) / f"coloured-{p.name}"
+                pipeline_fps(p, eng, "veryfast", keep=made[p])
+            floor_ms = floor_under_way(*(alone(p, made[p], presets, Path(d)) for p in (short, long)))
+            report(f"floor_ms_under_way_{name}", floor_ms)
+            for preset in presets:
+                floor = 1000 / max(floor_ms["decode_ms"], floor_ms[f"encode_ms_{preset}"],
+                                   res[f"predict_ms_per_tile_{precisions[0]}"])
                 for stab in (VideoConfig().stability, 0.0):  # the default, and off
-                    fps, _ = pipeline_fps(clip, eng, preset, stab)
-                    floor = 1000 / max(res["decode_ms"], res[f"encode_ms_{preset}"],
-                                       res[f"predict_ms_per_tile_{prec}"])
-                    key = f"pipeline_{prec}_{preset}_stab{stab}"
-                    res[key] = {"fps": fps, "floor_fps": floor, "ratio": fps / floor}
-                    print(json.dumps({key: res[key]}), flush=True)
+                    row = under_way(short, long, eng, preset, stab)
+                    report(f"pipeline_{name}_{precisions[0]}_{preset}_stab{stab}",
+                           {**row, "floor_fps": floor, "ratio": row["fps"] / floor})
+        # -- where the time goes (the long synthetic clip, the default stabiliser)
+        for preset in ("medium", "veryfast"):
+            report(f"parts_ms_{preset}", time_parts(clips["synthetic"][1], eng, preset))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
 

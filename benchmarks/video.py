@@ -50,13 +50,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.floor import (SIZES, coloured, decode_ms, encode_ms, engine, floor_fps,  # noqa: E402
-                              make_clip, network_ms, pipeline_fps, product_ms, real_clip)
+from benchmarks.floor import (SIZES, coloured, decode_ms, encode_ms, engine, film_rate,  # noqa: E402
+                              floor_fps, make_clip, network_ms, pipeline_fps, product_ms, real_clip)
 
 #: Where the shared media may sit: beside the main checkout, or beside a worktree's folder.
 REAL = [ROOT.parent / "shared/data/media/video/bikes.mp4",
@@ -195,27 +194,6 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for secs, r in rss:
             print(f"| {secs:g} s | {r['frames']} | {r['main']:.0f} | {r['worker']:.0f} |")
-
-
-class FilmRate(NamedTuple):
-    fps: float         # frames/s once a film is under way
-    fixed_s: float     # wall seconds each film pays once
-    cpu_ms: float      # CPU ms a frame once under way (this process, its threads, the decode worker)
-    fixed_cpu_s: float  # CPU seconds each film pays once
-
-
-def film_rate(short, short_frames: int, long, long_frames: int) -> FilmRate:
-    """A film's rate and its fixed cost, from the runs (floor.pipeline_fps) of a short and a long
-    clip: the extra frames over the extra time (and CPU), and what the short run took beyond its
-    frames at that rate (the decode worker's start, the stabiliser's look-ahead filling, the
-    writer and x264's look-ahead draining with the network done). An hour of film pays the fixed
-    cost once."""
-    extra = long_frames - short_frames
-    t_short, t_long = short_frames / short.fps, long_frames / long.fps
-    c_short, c_long = short.cpu_ms * short_frames / 1000, long.cpu_ms * long_frames / 1000
-    per_frame, cpu_frame = (t_long - t_short) / extra, (c_long - c_short) / extra
-    return FilmRate(1 / per_frame, t_short - short_frames * per_frame, 1000 * cpu_frame,
-                    c_short - short_frames * cpu_frame)
 
 
 def cpu_model() -> str:

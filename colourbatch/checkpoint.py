@@ -34,10 +34,16 @@ DEFAULT_NAME = "default"
 def shipped_weights(name: str = DEFAULT_NAME) -> Path:
     """The path of a shipped weights file (`weights/NAME.pt`, installed as colourbatch.weights).
 
-    Found through importlib.resources, so it works from the repository, an
-    editable install and a wheel alike.
+    Found through importlib.resources, so it works from an editable install and
+    a wheel alike; from a checkout that is not installed (the package imported
+    from the repository's root, as benchmarks/ and a GPU machine's copy do), the
+    weights/ folder beside it.
     """
-    return Path(str(resources.files("colourbatch.weights").joinpath(f"{name}.pt")))
+    try:
+        folder = resources.files("colourbatch.weights")
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "weights"
+    return Path(str(folder.joinpath(f"{name}.pt")))
 
 
 class CheckpointError(ColourbatchError):

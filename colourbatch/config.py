@@ -114,7 +114,7 @@ class VideoConfig(EncodeSettings):
     duration: float | None = None  # seconds from `start`, instead of `end`
     compare: bool = False          # write grey | colour side by side instead of the colour film
     overwrite: bool = False        # replace an existing output file
-    queue_batches: int = 2         # model->writer queue depth in batches: bounds memory, enough to overlap
+    queue_batches: int = 2         # model->colour stage queue depth in batches: bounds memory, enough to overlap
     grey_samples: int = 5          # frames sampled (spread over the film) for grey detection
     stability: float = 0.95        # weight a neighbouring frame's motion-warped colour keeps per frame of distance where the warp is trusted; 0 = off (per-frame colour crawls)
     reach: int = 16                # frames either side a frame's colour is averaged over (the output runs this many behind): centred, so colour that really changes is followed without lag

@@ -248,11 +248,11 @@ def lanes_beside_encoder(threads: int) -> int:
     """How many chunks of a batch torch runs at once, each in a thread of its own on one
     intra-op thread, in a run that also encodes video with torch on `threads` intra-op threads.
 
-    On one intra-op thread, one lane a core: the lanes take the cores that x264, the writer
-    and the decoder leave idle (a small film leaves one idle most of the time; the network is
-    then the slowest stage) and give them back when the encoder needs them, with none of
-    OpenMP's spinning at every layer's end (`threads_beside_encoder`). Each chunk computes
-    what it computes alone. Measured in benchmarks/RESULTS-video.md ("Lanes, and a film's
+    On one intra-op thread, one lane a core: the lanes take the cores that x264, the colour
+    stage, the writer and the decoder leave idle (a small film leaves one idle most of the
+    time; the network is then the slowest stage) and give them back when the encoder needs
+    them, with none of OpenMP's spinning at every layer's end (`threads_beside_encoder`).
+    Each chunk computes what it computes alone. Measured in benchmarks/RESULTS-video.md ("Lanes, and a film's
     rate"): more frames/s where the network was the slowest stage (small films, fast
     presets), about the same where x264 fills both cores.
     One lane when torch has several intra-op threads or OMP_NUM_THREADS is set (Ray's CPU share

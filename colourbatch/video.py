@@ -365,24 +365,23 @@ def sample_indices(estimate: int | None, k: int) -> frozenset[int]:
 
 
 # ------------------------------------------------------------- stage 3: write
-class _Writer(threading.Thread):
-    """Stabilises the model's a/b, turns them into chroma beside each frame's luma and encodes,
-    off the main thread (cv2 and the encoders release the GIL), which meanwhile runs the model
-    on the next batch."""
+class _Stage(threading.Thread):
+    """A step after the model in a thread of its own (cv2, numpy's loops and the encoder release
+    the GIL), fed through a bounded queue, while the main thread runs the model on the next
+    batch. `handle` takes one item; None ends the stream (`finish`). An error stops the stage
+    and is raised to whoever feeds it next: a dead stage ends the run instead of hanging it."""
 
-    def __init__(self, enc: media.Encoder, compare: bool, depth: int,
-                 on_frames: Callable[[int], None], stabiliser: temporal.Stabiliser):
-        super().__init__(name="colourbatch-writer", daemon=True)
-        self.enc, self.compare, self.on_frames = enc, compare, on_frames
-        self.stabiliser = stabiliser
-        # (luma, pts) of the frames the stabiliser still holds (it looks ahead): its reach in
-        # frames, whose planes keep their batches alive: at most reach + 2 batches' luma.
-        self.held: deque[tuple[np.ndarray, int]] = deque()
+    def __init__(self, name: str, depth: int):
+        super().__init__(name=name, daemon=True)
         self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.error: BaseException | None = None
         self.stop = threading.Event()
-        self.first_pts: int | None = None
-        self.last_pts: int | None = None
+
+    def handle(self, item) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """The stream ended: hand on whatever is still held."""
 
     def run(self) -> None:
         try:
@@ -390,44 +389,18 @@ class _Writer(threading.Thread):
                 item = self.q.get()
                 if self.stop.is_set():
                     return
-                if item is None:  # the film ended: every frame still held is final now
-                    self.write(self.stabiliser.finish())
+                if item is None:
+                    self.finish()
                     return
-                tiles, ys, ab, pts = item
-                self.held.extend(zip(ys, pts))
-                self.write(self.stabiliser.feed(tiles, ab))
-        except BaseException as exc:  # handed to the main thread, which raises it
+                self.handle(item)
+        except BaseException as exc:  # handed to the feeding thread, which raises it
             self.error = exc
 
-    def write(self, ab: np.ndarray) -> None:
-        """Encode the frames whose stabilised a/b are final: the oldest len(ab) held."""
-        for i in range(len(ab)):
-            y, pts = self.held.popleft()
-            self.enc.write_planes(*self.planes(y, ab[i]), int(pts))
-            if self.first_pts is None:
-                self.first_pts = int(pts)
-            self.last_pts = int(pts)
-            if self.stop.is_set():
-                return
-        if len(ab):
-            self.on_frames(len(ab))
-
-    def planes(self, y: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(luma, Cb, Cr) of one output frame: the source's luma, chroma from `ab` at the chroma size."""
-        tags, (cw, ch) = self.enc.info.colour, self.enc.chroma_size
-        # With --compare the left half is the grey source (neutral chroma) and the right the colour.
-        grey_w = cw // 2 if self.compare else 0
-        cb, cr = colour.lab_to_chroma(y, ab, tags.matrix, tags.full_range, (cw - grey_w, ch))
-        if self.compare:
-            neutral = np.full((ch, grey_w), int(colour.AB_OFFSET), np.uint8)
-            y, cb, cr = np.hstack([y, y]), np.hstack([neutral, cb]), np.hstack([neutral, cr])
-        return y, cb, cr
-
     def put(self, item) -> None:
-        # Never block forever on a writer that died: re-check it every 0.2 s.
+        # Never block forever on a stage that died: re-check it every 0.2 s.
         while True:
             if self.error is not None or not self.is_alive():
-                raise self.error or VideoError("the writer stopped unexpectedly")
+                raise self.error or VideoError(f"{self.name} stopped unexpectedly")
             try:
                 self.q.put(item, timeout=0.2)
                 return
@@ -446,6 +419,69 @@ class _Writer(threading.Thread):
         except queue.Full:
             pass
         self.join(timeout=30)
+
+
+class _Colour(_Stage):
+    """Stabilises the model's a/b (temporal.Stabiliser), turns each final frame's a/b into chroma
+    beside its luma, and hands the planes with the frame's timestamp to the writer. Its own
+    thread beside the writer's: on a GPU these steps and x264 are a film's slowest, and in one
+    thread they added up (H200 machine, 1080p veryfast: the stabiliser 8.2 ms a frame, chroma
+    3.4, the encoder call 14.6; 48.7 -> 53.6 frames/s; benchmarks/RESULTS-cuda.md)."""
+
+    def __init__(self, stabiliser: temporal.Stabiliser, writer: "_Writer", compare: bool, depth: int):
+        super().__init__("the colour stage", depth)
+        self.stabiliser, self.writer, self.compare = stabiliser, writer, compare
+        # (luma, pts) of the frames the stabiliser still holds (it looks ahead): its reach in
+        # frames, whose planes keep their batches alive: at most reach + 2 batches' luma.
+        self.held: deque[tuple[np.ndarray, int]] = deque()
+
+    def handle(self, item) -> None:
+        tiles, ys, ab, pts = item
+        self.held.extend(zip(ys, pts))
+        self.hand_on(self.stabiliser.feed(tiles, ab))
+
+    def finish(self) -> None:
+        self.hand_on(self.stabiliser.finish())  # every frame still held is final now
+        self.writer.put(None)
+
+    def hand_on(self, ab: np.ndarray) -> None:
+        """The oldest len(ab) frames held are final: their planes to the writer."""
+        if len(ab):
+            frames = [self.held.popleft() for _ in range(len(ab))]
+            self.writer.put([(*self.planes(y, ab_i), pts) for (y, pts), ab_i in zip(frames, ab)])
+
+    def planes(self, y: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(luma, Cb, Cr) of one output frame: the source's luma, chroma from `ab` at the chroma size."""
+        enc = self.writer.enc
+        tags, (cw, ch) = enc.info.colour, enc.chroma_size
+        # With --compare the left half is the grey source (neutral chroma) and the right the colour.
+        grey_w = cw // 2 if self.compare else 0
+        cb, cr = colour.lab_to_chroma(y, ab, tags.matrix, tags.full_range, (cw - grey_w, ch))
+        if self.compare:
+            neutral = np.full((ch, grey_w), int(colour.AB_OFFSET), np.uint8)
+            y, cb, cr = np.hstack([y, y]), np.hstack([neutral, cb]), np.hstack([neutral, cr])
+        return y, cb, cr
+
+
+class _Writer(_Stage):
+    """Encodes each frame's planes (x264 works in frame threads of its own; this call blocks
+    while they are all busy)."""
+
+    def __init__(self, enc: media.Encoder, depth: int, on_frames: Callable[[int], None]):
+        super().__init__("the writer", depth)
+        self.enc, self.on_frames = enc, on_frames
+        self.first_pts: int | None = None
+        self.last_pts: int | None = None
+
+    def handle(self, frames) -> None:
+        for y, cb, cr, pts in frames:
+            self.enc.write_planes(y, cb, cr, int(pts))
+            if self.first_pts is None:
+                self.first_pts = int(pts)
+            self.last_pts = int(pts)
+            if self.stop.is_set():
+                return
+        self.on_frames(len(frames))
 
 
 # --------------------------------------------------------------------- driver
@@ -503,7 +539,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
         if on_progress is not None:
             on_progress(done[0], estimate)
 
-    enc = writer = None
+    enc = writer = colouring = None
     end_item: dict = {}
     greys: list[bool] = []
     carried = Carrier(info, start, end)
@@ -523,8 +559,12 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
             enc = media.Encoder(tmp, info, width, info.height, vcfg, start, end,
                                 video_title="colourbatch compare: grey | colour" if vcfg.compare else None,
                                 carried=carried)
-            writer = _Writer(enc, vcfg.compare, vcfg.queue_batches, frames_written, stabiliser)
+            # One batch of final frames waits for the writer: the two threads overlap, and
+            # full-resolution planes are big.
+            writer = _Writer(enc, 1, frames_written)
+            colouring = _Colour(stabiliser, writer, vcfg.compare, vcfg.queue_batches)
             writer.start()
+            colouring.start()
             try:
                 for item in it:
                     if "end" in item:
@@ -536,11 +576,14 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
                     tiles = item["tiles"]
                     if colouriser.pin:
                         tiles = tiles.pin_memory()  # only the small tiles: the full-res luma stays on the host
-                    writer.put((item["tiles"][:, 0].numpy(), item["y"].numpy(), colouriser.predict(tiles),
-                                item["pts"].numpy()))
+                    colouring.put((item["tiles"][:, 0].numpy(), item["y"].numpy(), colouriser.predict(tiles),
+                                   item["pts"].numpy()))
             finally:
                 it = None  # shuts the decode worker down, also on Ctrl-C
-            writer.put(None)
+            colouring.put(None)
+            colouring.join()
+            if colouring.error is not None:
+                raise colouring.error  # the writer's own, or the colour stage's (the writer is cancelled below)
             writer.join()
             if writer.error is not None:
                 raise writer.error
@@ -552,8 +595,9 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
             enc.close()
         except BaseException:
             it = None  # an Encoder that failed to open leaves the worker to shut down here
-            if writer is not None and writer.is_alive():
-                writer.cancel()
+            for stage in (colouring, writer):  # upstream first: nothing new reaches the writer
+                if stage is not None and stage.is_alive():
+                    stage.cancel()
             if enc is not None:
                 enc.abort()
             else:

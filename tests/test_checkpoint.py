@@ -249,3 +249,18 @@ def test_config_values_are_checked_when_the_model_is_built(tmp_path, field, valu
         checkpoint.load(p)
     assert "\n" not in str(err.value) and err.value.exit_code == 2
 
+
+
+def test_shipped_weights_found_from_an_uninstalled_checkout(tmp_path):
+    # The package imported from the repository's root (benchmarks/, a GPU machine's copy of the
+    # tree): colourbatch.weights is not a package there, so the weights/ folder beside it serves.
+    repo = Path(checkpoint.__file__).resolve().parent.parent
+    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); import colourbatch.checkpoint as c; "
+            "print(c.__file__); print(c.shipped_weights())")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    module, weights = out.stdout.split()
+    assert Path(module).parent.parent == repo
+    assert Path(weights) == repo / "weights" / "default.pt" and Path(weights).stat().st_size > 1_000_000

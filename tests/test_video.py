@@ -192,6 +192,45 @@ def test_errors_leave_no_file(tmp_path, make_clip, run, monkeypatch, workers):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
+@pytest.mark.parametrize("fails_in", ["predict", "feed", "finish", "write_planes"])
+def test_a_failing_step_ends_the_run(tmp_path, make_clip, run, monkeypatch, fails_in):
+    # The colour stage (stabiliser, chroma) and the writer run in threads of their own: an error
+    # in either or in the model ends the run with that error, both threads stop, and no output
+    # is left (a hang is the failure).
+    import threading
+
+    from colourbatch import pipeline, temporal
+
+    run.workers = 0
+    clip = make_clip("a.mp4", frames=12)
+    dst = tmp_path / "out.mp4"
+    owner = {"predict": pipeline.Colouriser, "write_planes": media.Encoder}.get(fails_in, temporal.Stabiliser)
+    real, calls = getattr(owner, fails_in), {"n": 0}
+
+    def broken(self, *args):
+        calls["n"] += 1
+        if calls["n"] == (5 if fails_in == "write_planes" else 2) or fails_in == "finish":
+            raise RuntimeError(f"broken {fails_in}")
+        return real(self, *args)
+
+    monkeypatch.setattr(owner, fails_in, broken)
+    outcome = {}
+
+    def go():
+        try:
+            colour_video(clip, dst, run, VideoConfig(stability=0.9))
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "the run hung"
+    assert isinstance(outcome.get("error"), RuntimeError) and str(outcome["error"]) == f"broken {fails_in}"
+    assert not [th.name for th in threading.enumerate() if th.name in ("the writer", "the colour stage")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
 def _clip_with_tracks(path):
     """Two audio tracks (eng 44.1 kHz stereo, fra 22.05 kHz mono) and an English SubRip track."""
     out = av.open(str(path), "w")
