@@ -421,6 +421,10 @@ class _Stage(threading.Thread):
         self.join(timeout=30)
 
 
+#: Frames the colour stage hands the writer at a time.
+HAND_ON = 4
+
+
 class _Colour(_Stage):
     """Stabilises the model's a/b (temporal.Stabiliser), turns each final frame's a/b into chroma
     beside its luma, and hands the planes with the frame's timestamp to the writer. Its own
@@ -445,10 +449,13 @@ class _Colour(_Stage):
         self.writer.put(None)
 
     def hand_on(self, ab: np.ndarray) -> None:
-        """The oldest len(ab) frames held are final: their planes to the writer."""
-        if len(ab):
-            frames = [self.held.popleft() for _ in range(len(ab))]
-            self.writer.put([(*self.planes(y, ab_i), pts) for (y, pts), ab_i in zip(frames, ab)])
+        """The oldest len(ab) frames held are final: their planes to the writer, HAND_ON frames
+        at a time (the writer starts on a batch's first frames while the rest are made, and
+        the planes in flight do not grow with the batch size)."""
+        for start in range(0, len(ab), HAND_ON):
+            frames = [self.held.popleft() for _ in ab[start:start + HAND_ON]]
+            self.writer.put([(*self.planes(y, ab_i), pts)
+                             for (y, pts), ab_i in zip(frames, ab[start:start + HAND_ON])])
 
     def planes(self, y: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(luma, Cb, Cr) of one output frame: the source's luma, chroma from `ab` at the chroma size."""
@@ -559,9 +566,9 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
             enc = media.Encoder(tmp, info, width, info.height, vcfg, start, end,
                                 video_title="colourbatch compare: grey | colour" if vcfg.compare else None,
                                 carried=carried)
-            # One batch of final frames waits for the writer: the two threads overlap, and
-            # full-resolution planes are big.
-            writer = _Writer(enc, 1, frames_written)
+            # Two hand-ons of final frames wait for the writer: enough for the two threads to
+            # overlap, and full-resolution planes are big.
+            writer = _Writer(enc, 2, frames_written)
             colouring = _Colour(stabiliser, writer, vcfg.compare, vcfg.queue_batches)
             writer.start()
             colouring.start()

@@ -192,6 +192,25 @@ def test_errors_leave_no_file(tmp_path, make_clip, run, monkeypatch, workers):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
+def test_the_writer_gets_final_frames_a_few_at_a_time(tmp_path, make_clip, run, monkeypatch):
+    # Planes in flight between the colour stage and the writer do not grow with the batch size,
+    # and every frame reaches the encoder once, in order.
+    run.workers, run.batch_size = 0, 16
+    clip = make_clip("a.mp4", frames=40)
+    seen, real = [], video._Writer.handle
+
+    def handle(self, frames):
+        seen.append([int(pts) for *_, pts in frames])
+        return real(self, frames)
+
+    monkeypatch.setattr(video._Writer, "handle", handle)
+    rep = colour_video(clip, tmp_path / "out.mp4", run)
+    assert rep.frames_out == 40
+    assert max(len(s) for s in seen) == video.HAND_ON < run.batch_size
+    order = [p for s in seen for p in s]
+    assert len(order) == 40 and order == sorted(order)
+
+
 @pytest.mark.parametrize("fails_in", ["predict", "feed", "finish", "write_planes"])
 def test_a_failing_step_ends_the_run(tmp_path, make_clip, run, monkeypatch, fails_in):
     # The colour stage (stabiliser, chroma) and the writer run in threads of their own: an error
