@@ -53,7 +53,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # --code DIR: that checkout's colourbatch instead of this one's (read before anything imports it)
-CODE = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--code"), str(ROOT))
+CODE = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--code=")),
+            next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--code"), str(ROOT)))
 sys.path.insert(0, CODE)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -69,7 +70,9 @@ def timed(fn, repeat: int = 1) -> float:
 
 def time_parts(clip: Path, eng, preset: str) -> dict[str, float]:
     """Wall ms a frame of one pipeline run (floor.pipeline_fps) and of its parts, from timers
-    wrapped around them for the run (see the module's docstring)."""
+    wrapped around them for the run (see the module's docstring). The parts do not add up to
+    the whole: the stabiliser's finish, --compare's stacking and the threads' hand-offs are
+    not timed."""
     from colourbatch import colour, media, temporal, video
     from colourbatch.pipeline import Colouriser
     from floor import pipeline_fps
@@ -92,7 +95,7 @@ def time_parts(clip: Path, eng, preset: str) -> dict[str, float]:
         setattr(owner, name, wrapped)
     try:
         t = time.perf_counter()
-        run = pipeline_fps(clip, eng, preset)
+        pipeline_fps(clip, eng, preset)
         wall = time.perf_counter() - t
     finally:
         for key, (owner, name) in parts.items():
@@ -100,8 +103,8 @@ def time_parts(clip: Path, eng, preset: str) -> dict[str, float]:
                 delattr(owner, name)  # inherited: the base class's serves again
             else:
                 setattr(owner, name, own[key])
-    frames = run.fps * wall
-    return {"wall": 1000 / run.fps, **{k: 1000 * v / frames for k, v in spent.items()}}
+    frames = media.probe(clip).frames  # the run's own count: pipeline_fps asserts the film came out whole
+    return {"wall": 1000 * wall / frames, **{k: 1000 * v / frames for k, v in spent.items()}}
 
 
 def under_way(short: Path, long: Path, eng, preset: str, stab: float) -> dict[str, float]:
@@ -158,7 +161,9 @@ def main() -> None:
     from colourbatch.device import one_opencv_thread
     from colourbatch.model import model_input
     from colourbatch.pipeline import Colouriser
-    # benchmarks/floor.py: the same clips, stage timings and pipeline run as the CPU benchmarks
+    # benchmarks/floor.py: the same clips, stage timings and pipeline run as the CPU benchmarks.
+    # Imported after colourbatch: floor puts this checkout first on sys.path, and --code's
+    # package must be the one already imported.
     from floor import film_tiles_ab, glue_ms, make_clip, pipeline_fps, real_clip, stabilised
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,6 +182,8 @@ def main() -> None:
     if dev == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: this benchmark measures the GPU path")
     import colourbatch
+    if Path(colourbatch.__file__).resolve().parent.parent != Path(CODE).resolve():
+        sys.exit(f"colourbatch was imported from {Path(colourbatch.__file__).parent}, not from --code {CODE}")
     res: dict = {"gpu": torch.cuda.get_device_name(0) if dev == "cuda" else "none", "torch": torch.__version__,
                  "size": args.size, "batch": args.batch, "code": str(Path(colourbatch.__file__).parent.parent),
                  "cpus": os.cpu_count()}

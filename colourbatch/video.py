@@ -436,7 +436,9 @@ class _Colour(_Stage):
         super().__init__("the colour stage", depth)
         self.stabiliser, self.writer, self.compare = stabiliser, writer, compare
         # (luma, pts) of the frames the stabiliser still holds (it looks ahead): its reach in
-        # frames, whose planes keep their batches alive: at most reach + 2 batches' luma.
+        # frames. Each luma is a view of its batch's array, which stays alive until its last
+        # frame is encoded: at most reach + 2 batches' luma here, and one more batch's for the
+        # frames handed on and not yet written (at most 3 HAND_ON).
         self.held: deque[tuple[np.ndarray, int]] = deque()
 
     def handle(self, item) -> None:
@@ -453,6 +455,8 @@ class _Colour(_Stage):
         at a time (the writer starts on a batch's first frames while the rest are made, and
         the planes in flight do not grow with the batch size)."""
         for start in range(0, len(ab), HAND_ON):
+            if self.stop.is_set():  # cancelled: the run is ending, hand on nothing more
+                return
             frames = [self.held.popleft() for _ in ab[start:start + HAND_ON]]
             self.writer.put([(*self.planes(y, ab_i), pts)
                              for (y, pts), ab_i in zip(frames, ab[start:start + HAND_ON])])
@@ -602,8 +606,11 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
             enc.close()
         except BaseException:
             it = None  # an Encoder that failed to open leaves the worker to shut down here
-            for stage in (colouring, writer):  # upstream first: nothing new reaches the writer
-                if stage is not None and stage.is_alive():
+            stages = [stage for stage in (colouring, writer) if stage is not None]
+            for stage in stages:  # both told first: neither starts new work while the other stops
+                stage.stop.set()
+            for stage in stages:
+                if stage.is_alive():
                     stage.cancel()
             if enc is not None:
                 enc.abort()

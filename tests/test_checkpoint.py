@@ -254,8 +254,11 @@ def test_config_values_are_checked_when_the_model_is_built(tmp_path, field, valu
 def test_shipped_weights_found_from_an_uninstalled_checkout(tmp_path):
     # The package imported from the repository's root (benchmarks/, a GPU machine's copy of the
     # tree): colourbatch.weights is not a package there, so the weights/ folder beside it serves.
+    # An editable install's import hook would map colourbatch.weights: it is taken out first.
     repo = Path(checkpoint.__file__).resolve().parent.parent
-    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); import colourbatch.checkpoint as c; "
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+            "if 'editable' not in (getattr(f, '__module__', '') or '')]; "
+            f"sys.path.insert(0, {str(repo)!r}); import colourbatch.checkpoint as c; "
             "print(c.__file__); print(c.shipped_weights())")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
