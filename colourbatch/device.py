@@ -267,8 +267,10 @@ def lanes_beside_encoder(threads: int) -> int:
 def one_opencv_thread():
     """OpenCV on one thread within the block, as it was after. Training's data workers run
     beside the training threads, and OpenCV's own pool of a thread per core in each would
-    oversubscribe the cores (drawn samples ran 10x slower). Set in the parent, before the
-    workers fork: a forked worker that reconfigures OpenCV's pool hangs on its lock."""
+    oversubscribe the cores (drawn samples ran 10x slower); a film's encoder, decoder and
+    torch lanes take the cores, and the pool's threads spin between the stabiliser's small
+    calls for no gain (video.colour_job). Set in the parent, before the workers fork: a
+    forked worker that reconfigures OpenCV's pool hangs on its lock."""
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:

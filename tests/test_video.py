@@ -192,6 +192,32 @@ def test_errors_leave_no_file(tmp_path, make_clip, run, monkeypatch, workers):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
+def test_a_film_runs_opencv_on_one_thread_and_restores_it(tmp_path, make_clip, run, monkeypatch):
+    # OpenCV's pool spins between calls and gains nothing on the stabiliser's small planes:
+    # a film runs it on one thread, and the process gets its own setting back afterwards.
+    import cv2
+
+    from colourbatch import temporal
+
+    run.workers = 0
+    clip = make_clip("a.mp4", frames=8)
+    seen, real = [], temporal.Stabiliser.feed
+
+    def feed(self, tiles, ab):
+        seen.append(cv2.getNumThreads())
+        return real(self, tiles, ab)
+
+    monkeypatch.setattr(temporal.Stabiliser, "feed", feed)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        assert colour_video(clip, tmp_path / "out.mp4", run).frames_out == 8
+        assert seen and set(seen) == {1}
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_the_writer_gets_final_frames_a_few_at_a_time(tmp_path, make_clip, run, monkeypatch):
     # Planes in flight between the colour stage and the writer do not grow with the batch size,
     # and every frame reaches the encoder once, in order.
