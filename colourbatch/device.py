@@ -130,49 +130,59 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class ConvClamp(torch.nn.Module):
-    """A convolution and the clamp after it (ReLU6, ReLU) as one oneDNN call: the clamp is the
-    convolution's post-op, applied while its output is in cache, instead of a second pass over
-    memory (the clamps were 8 % of the forward on one thread, more on two). Same numbers as
-    the two layers: oneDNN's kernel and the same fp32 arithmetic."""
+class FusedConv(torch.nn.Module):
+    """A convolution, and the clamp after it (ReLU6, ReLU) if any, as one oneDNN call: the clamp
+    is the convolution's post-op, applied while its output is in cache, instead of a second pass
+    over memory (the clamps were 8 % of the forward on one thread, more on two). Without a
+    clamp (MobileNetV2's linear 1x1 projections, the heads) it is still oneDNN's kernel: torch's
+    own path for a 1x1 convolution is im2col and a GEMM, about 1.5 ms a 224x224 tile slower on
+    this network, 4 tiles a call on one thread (docs/speed.md). Same fp32 arithmetic."""
 
-    def __init__(self, conv: torch.nn.Conv2d, low: float, high: float | None):
+    def __init__(self, conv: torch.nn.Conv2d, low: float | None = None, high: float | None = None):
         super().__init__()
         self.weight, self.bias = conv.weight, conv.bias
         self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-        self.post = ("hardtanh", [low, high]) if high is not None else ("relu", [])
+        if low is None:
+            self.post: tuple[str, list] = ("none", [])
+        else:
+            self.post = ("hardtanh", [low, high]) if high is not None else ("relu", [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *self.args,
                                                        self.post[0], self.post[1], "")
 
 
-#: The activations a ConvClamp takes in: (low, high) of their clamp (None: no upper bound).
+#: The activations a FusedConv takes in: (low, high) of their clamp (None: no upper bound).
 _CLAMPS = {torch.nn.ReLU6: (0.0, 6.0), torch.nn.ReLU: (0.0, None)}
 
 
-def fuse_clamps(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a folded network (`fold_batchnorm`) in which each Conv2d of a Sequential that
-    is followed (past the Identity left by a folded batch norm) by a ReLU6 or ReLU is a
-    ConvClamp, the activation an Identity. Zero-padded convolutions only (all of ours)."""
+def fuse_convolutions(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a folded network (`fold_batchnorm`) in which every zero-padded Conv2d is a
+    FusedConv: with the ReLU6 or ReLU that follows it in a Sequential (past the Identity left
+    by a folded batch norm) as its post-op, that activation becoming an Identity; alone
+    otherwise."""
     model = copy.deepcopy(model)
     for seq in model.modules():
         if not isinstance(seq, torch.nn.Sequential):
             continue
         for i, conv in enumerate(seq):
-            if not isinstance(conv, torch.nn.Conv2d) or conv.padding_mode != "zeros":
+            if type(conv) is not torch.nn.Conv2d or conv.padding_mode != "zeros":
                 continue
             j = i + 1
             while j < len(seq) and isinstance(seq[j], torch.nn.Identity):
                 j += 1
             if j < len(seq) and type(seq[j]) in _CLAMPS:
-                seq[i], seq[j] = ConvClamp(conv, *_CLAMPS[type(seq[j])]), torch.nn.Identity()
+                seq[i], seq[j] = FusedConv(conv, *_CLAMPS[type(seq[j])]), torch.nn.Identity()
+    for parent in list(model.modules()):  # the convolutions no clamp follows
+        for name, conv in list(parent.named_children()):
+            if type(conv) is torch.nn.Conv2d and conv.padding_mode == "zeros":
+                setattr(parent, name, FusedConv(conv))
     return model
 
 
 class InferenceForm(torch.nn.Module):
     """A network for inference only: its batch norms folded (`fold_batchnorm`), and on the CPU in
-    fp32 its forward `fast`: each convolution and its clamp one oneDNN call (`fuse_clamps`,
+    fp32 its forward `fast`: each convolution (and its clamp) one oneDNN call (`fuse_convolutions`,
     runtime "fused"), or where this torch lacks that call, a frozen TorchScript graph
     (`torch.jit.freeze` of a trace, runtime "frozen"). Every other attribute (decode, cfg,
     bins, ...) is the folded network's, so it stands wherever the network does.
@@ -211,7 +221,7 @@ def inference_form(model: torch.nn.Module, size: int = 224) -> InferenceForm:
     with torch.no_grad():
         want = net(example)
         try:
-            fused = fuse_clamps(net)
+            fused = fuse_convolutions(net)
             if torch.allclose(fused(example), want, rtol=1e-4, atol=1e-4 * float(want.abs().max())):
                 return InferenceForm(net, fused, "fused")
         except (AttributeError, RuntimeError):  # a torch built without oneDNN's fused call

@@ -100,8 +100,12 @@ def test_inference_form_colours_as_the_network_does(name):
     fast = device.prepare_model(net, torch.device("cpu"))
     assert isinstance(fast, device.InferenceForm) and fast.runtime == "fused"  # x86 torch has oneDNN
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    # Every convolution is one oneDNN call, those a clamp followed with it as their post-op.
     clamps = sum(isinstance(m, (torch.nn.ReLU6, torch.nn.ReLU)) for m in net.modules())
-    assert sum(isinstance(m, device.ConvClamp) for m in fast.fast.modules()) == clamps > 0
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    fused = [m for m in fast.fast.modules() if isinstance(m, device.FusedConv)]
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in fast.fast.modules())
+    assert len(fused) == convs and sum(m.post[0] != "none" for m in fused) == clamps > 0
     assert fast.cfg == net.cfg and torch.equal(fast.bins, net.bins)
     for batch, size in ((3, 224), (2, 96)):  # traced on one 224 tile: any batch, any size
         l8 = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8)
@@ -126,15 +130,39 @@ def test_a_fused_convolution_clamps_as_its_activation_did(act):
     net = _with_trained_statistics(layers)
     with torch.no_grad():
         layers[3].weight.mul_(10)  # the second layer's output past 6 too
-    fused = device.fuse_clamps(device.fold_batchnorm(net))
-    assert [type(m) for m in fused] == [device.ConvClamp, torch.nn.Identity, torch.nn.Identity,
-                                        device.ConvClamp, torch.nn.Identity]
+    fused = device.fuse_convolutions(device.fold_batchnorm(net))
+    assert [type(m) for m in fused] == [device.FusedConv, torch.nn.Identity, torch.nn.Identity,
+                                        device.FusedConv, torch.nn.Identity]
     x = (torch.randn(2, 8, 20, 20) * 100).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         want, got = net(x), fused(x)
     top = (want == 6).float().mean() if act is torch.nn.ReLU6 else (want > 6).float().mean()
     assert (want == 0).float().mean() > 0.05 and top > 0.05  # both ends of the clamp reached
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_a_convolution_no_clamp_follows_is_one_onednn_call_too():
+    # MobileNetV2's linear 1x1 projections and the heads: torch's own path for them is im2col
+    # and a GEMM; as a FusedConv with no post-op they take oneDNN's kernel, the same numbers.
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Conv2d(8, 24, 1), torch.nn.BatchNorm2d(24))
+            self.head = torch.nn.Conv2d(24, 10, 1)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    net = _with_trained_statistics(Net())
+    fused = device.fuse_convolutions(device.fold_batchnorm(net))
+    assert isinstance(fused.body[0], device.FusedConv) and isinstance(fused.head, device.FusedConv)
+    assert fused.body[0].post == fused.head.post == ("none", [])
+    x = torch.randn(2, 8, 20, 20).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want, got = net(x), fused(x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
 def test_without_the_fused_call_the_graph_is_frozen(monkeypatch):
@@ -144,7 +172,7 @@ def test_without_the_fused_call_the_graph_is_frozen(monkeypatch):
 
     def missing(self, x):  # a torch built without oneDNN's fused convolution
         raise RuntimeError("No such operator mkldnn::_convolution_pointwise")
-    monkeypatch.setattr(device.ConvClamp, "forward", missing)
+    monkeypatch.setattr(device.FusedConv, "forward", missing)
     fast = device.prepare_model(net, torch.device("cpu"))
     assert fast.runtime == "frozen" and isinstance(fast.fast, torch.jit.ScriptModule)
     l8 = torch.randint(0, 256, (2, 1, 224, 224), dtype=torch.uint8)
