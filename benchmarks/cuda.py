@@ -156,7 +156,6 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from colourbatch import colour, media
     from colourbatch.config import RunConfig, VideoConfig
     from colourbatch.device import one_opencv_thread
     from colourbatch.model import model_input
@@ -164,7 +163,7 @@ def main() -> None:
     # benchmarks/floor.py: the same clips, stage timings and pipeline run as the CPU benchmarks.
     # Imported after colourbatch: floor puts this checkout first on sys.path, and --code's
     # package must be the one already imported.
-    from floor import film_tiles_ab, glue_ms, make_clip, pipeline_fps, real_clip, stabilised
+    from floor import cpu_ms, film_tiles_ab, glue_ms, make_clip, pipeline_fps, real_clip, stabilised
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1080, choices=sorted(SIZES))
@@ -211,23 +210,14 @@ def main() -> None:
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=1))
             return
-        info = media.probe(clip)
-        tags = info.colour
-
-        # -- decode alone
-        t = time.perf_counter()
-        ys = [pic.y for pic, _ in media.Decoder(clip, tags=tags)]
-        n = len(ys)
-        report("decode_ms", 1000 * (time.perf_counter() - t) / n)
         # -- the model
-        tiles = np.stack([colour.l_tile(colour.yuv_to_l(y, tags.full_range)) for y in ys[:args.batch]])
+        engines = {prec: Colouriser(RunConfig(device=dev, precision=prec, batch_size=args.batch,
+                                              weights=args.weights)) for prec in precisions}
+        tiles, _ = film_tiles_ab(clip, engines[precisions[0]], args.batch)  # as the pipeline makes them
         while len(tiles) < args.batch:
             tiles = np.concatenate([tiles, tiles])[:args.batch]
         x_cpu = torch.from_numpy(tiles)[:, None]
-        engines = {}
-        for prec in precisions:
-            eng = engines[prec] = Colouriser(RunConfig(device=dev, precision=prec, batch_size=args.batch,
-                                                       weights=args.weights))
+        for prec, eng in engines.items():
             x = x_cpu.to(dev)
             net = eng.model
 
@@ -244,37 +234,32 @@ def main() -> None:
             for _ in range(3):
                 eng.predict(x_cpu)
             report(f"predict_ms_per_tile_{prec}", 1000 * timed(lambda: eng.predict(x_cpu), 20) / args.batch)
-        # -- encode alone
-        ab = engines[precisions[0]].predict(x_cpu[:16])
-        for preset in ("medium", "veryfast"):
-            enc = media.Encoder(Path(d) / f"e-{preset}.mp4", info, w, h, media.EncodeSettings(preset=preset))
-            step = int(round(1 / (info.fps * info.time_base)))
-            planes = [colour.lab_to_chroma(ys[i], ab[i % len(ab)], tags.matrix, tags.full_range, enc.chroma_size)
-                      for i in range(min(n, 16))]
-            t = time.perf_counter()
-            for i in range(n):
-                cb, cr = planes[i % len(planes)]
-                enc.write_planes(ys[i], cb, cr, i * step)
-            enc.close()
-            report(f"encode_ms_{preset}", 1000 * (time.perf_counter() - t) / n)
+        # -- decode and encode alone on each clip, short and long (x264 fed the frames the pipeline
+        # made of it; making them is also the pipeline's warm-up: cuDNN picks its kernels)
+        eng = engines[precisions[0]]
+        presets = ("medium", "veryfast")
+        stages = {}
+        for name, pair in clips.items():
+            stages[name] = []
+            for p in pair:
+                made = Path(d) / f"coloured-{p.name}"
+                pipeline_fps(p, eng, "veryfast", keep=made)
+                stages[name].append(alone(p, made, presets, Path(d)))
+        short = stages["synthetic"][0]  # the short synthetic clip whole, fill and drain included
+        report("decode_ms", 1000 * short["decode_s"] / short["frames"])
+        for preset in presets:
+            report(f"encode_ms_{preset}", 1000 * short[f"encode_s_{preset}"] / short["frames"])
         # -- the work between the stages, each alone on one thread (CPU ms a frame)
         eng = engines[precisions[0]]
         with one_opencv_thread():
             report("glue_ms", glue_ms(clip, before=False)["planes (colourbatch)"])
             film_tiles, film_ab = film_tiles_ab(clip, eng)
             vcfg = VideoConfig()
-            t = time.process_time()
-            stabilised(film_tiles, film_ab, vcfg.stability, vcfg.reach)
-            report("stabiliser_ms", 1000 * (time.process_time() - t) / len(film_tiles))
+            report("stabiliser_ms", cpu_ms(lambda: stabilised(film_tiles, film_ab, vcfg.stability, vcfg.reach),
+                                           len(film_tiles)))
         # -- the pipeline (fp16: the network's cost is a rounding error beside the CPU's work)
-        eng = engines[precisions[0]]
-        presets = ("medium", "veryfast")
         for name, (short, long) in clips.items():
-            made = {}
-            for p in (short, long):  # what x264's floor is fed; also the warm-up (cuDNN picks its kernels)
-                made[p] = Path(d) / f"coloured-{p.name}"
-                pipeline_fps(p, eng, "veryfast", keep=made[p])
-            floor_ms = floor_under_way(*(alone(p, made[p], presets, Path(d)) for p in (short, long)))
+            floor_ms = floor_under_way(*stages[name])
             report(f"floor_ms_under_way_{name}", floor_ms)
             for preset in presets:
                 floor = 1000 / max(floor_ms["decode_ms"], floor_ms[f"encode_ms_{preset}"],
@@ -284,7 +269,7 @@ def main() -> None:
                     report(f"pipeline_{name}_{precisions[0]}_{preset}_stab{stab}",
                            {**row, "floor_fps": floor, "ratio": row["fps"] / floor})
         # -- where the time goes (the long synthetic clip, the default stabiliser)
-        for preset in ("medium", "veryfast"):
+        for preset in presets:
             report(f"parts_ms_{preset}", time_parts(clips["synthetic"][1], eng, preset))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -262,9 +262,9 @@ def lanes_beside_encoder(threads: int) -> int:
     stage, the writer and the decoder leave idle (a small film leaves one idle most of the
     time; the network is then the slowest stage) and give them back when the encoder needs
     them, with none of OpenMP's spinning at every layer's end (`threads_beside_encoder`).
-    Each chunk computes what it computes alone. Measured in benchmarks/RESULTS-video.md ("Lanes, and a film's
-    rate"): more frames/s where the network was the slowest stage (small films, fast
-    presets), about the same where x264 fills both cores.
+    Each chunk computes what it computes alone. Measured in benchmarks/RESULTS-video.md
+    ("Lanes, and a film's rate"): more frames/s where the network was the slowest stage
+    (small films, fast presets), about the same where x264 fills both cores.
     One lane when torch has several intra-op threads or OMP_NUM_THREADS is set (Ray's CPU share
     for a worker, or a user's choice: more threads would overrun it).
     """
