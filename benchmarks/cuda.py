@@ -34,7 +34,8 @@ stabiliser, the chroma and the wait for the writer; in the writer's thread the
 call into the encoder (which blocks while x264's frame threads are all busy).
 
 `--code DIR --pipeline-only` times another checkout's colourbatch package in
-the same way (the synthetic rows alone, stabiliser on): an A/B on one machine.
+the same way (the pipeline rows alone, stabiliser on; the synthetic clip and
+--film): an A/B on one machine.
 
 The clip is synthetic (floor.make_clip: grey, motion everywhere), so the script
 needs nothing but the repository; `--film` also runs a real film, scaled to the
@@ -173,7 +174,7 @@ def main() -> None:
     ap.add_argument("--film", default=None, help="also run this real film, scaled to --size")
     ap.add_argument("--weights", default=str(ROOT / "weights" / "default.pt"))
     ap.add_argument("--code", default=str(ROOT), help="the checkout whose colourbatch is timed")
-    ap.add_argument("--pipeline-only", action="store_true", help="only the synthetic pipeline, stabiliser on")
+    ap.add_argument("--pipeline-only", action="store_true", help="only the pipeline rows, stabiliser on")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--device", default="cuda", help="cpu: a quick dry run of the script itself")
     args = ap.parse_args()
@@ -196,7 +197,7 @@ def main() -> None:
     precisions = ("fp16", "bf16", "fp32") if dev == "cuda" else ("fp32",)
     with tempfile.TemporaryDirectory() as d:
         clips = {"synthetic": [make_clip(Path(d) / f"clip{s}.mp4", w, h, s) for s in (args.seconds, args.long)]}
-        if args.film and not args.pipeline_only:
+        if args.film:
             clips[Path(args.film).stem] = [real_clip(Path(d) / f"film{s}.mp4", Path(args.film), w, h, s)
                                            for s in (args.seconds, args.long)]
         clip = clips["synthetic"][0]
@@ -204,9 +205,10 @@ def main() -> None:
             eng = Colouriser(RunConfig(device=dev, precision=precisions[0], batch_size=args.batch,
                                        weights=args.weights))
             pipeline_fps(clip, eng, "veryfast")  # warm-up: cuDNN picks its kernels
-            for preset in ("medium", "veryfast"):
-                report(f"pipeline_synthetic_{precisions[0]}_{preset}",
-                       under_way(*clips["synthetic"], eng, preset, VideoConfig().stability))
+            for name, pair in clips.items():
+                for preset in ("medium", "veryfast"):
+                    report(f"pipeline_{name}_{precisions[0]}_{preset}",
+                           under_way(*pair, eng, preset, VideoConfig().stability))
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=1))
             return
@@ -257,6 +259,12 @@ def main() -> None:
             vcfg = VideoConfig()
             report("stabiliser_ms", cpu_ms(lambda: stabilised(film_tiles, film_ab, vcfg.stability, vcfg.reach),
                                            len(film_tiles)))
+            # Its flows alone (the decode worker's part of it on a GPU: video.flows_in_decoder).
+            from colourbatch.temporal import Linker
+            def flows():
+                linker = Linker()
+                return [linker.add(t) for t in film_tiles]
+            report("stabiliser_flows_ms", cpu_ms(flows, len(film_tiles)))
         # -- the pipeline (fp16: the network's cost is a rounding error beside the CPU's work)
         for name, (short, long) in clips.items():
             floor_ms = floor_under_way(*stages[name])

@@ -26,6 +26,10 @@ a/b planes the engine already has (pure numpy/OpenCV, no torch, no PyAV):
   fade through black) ends a shot: no colour crosses it either way. It holds
   the current shot's last 2 reach + 1 frames (small planes): memory is
   bounded, and batches of any size give the same output.
+* `Linker`: the stabiliser's optical flow between consecutive frames (a
+  `Link`: both pulls and the motion test), computed apart from the stabiliser
+  where that pays: the video path runs it in the decode worker when the model
+  is on a GPU. Fed the Links, the stabiliser's output is the same bit for bit.
 * `WarpError`: the warp error of Lai et al. (ECCV 2018), the metric that
   measures flicker (formula in its docstring).
 """
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -183,6 +187,10 @@ class Pull:
         """visible * exp(-(|cur - warp(prev)| / sigma)^2), 0..1."""
         return self.visible(*fb) * np.exp(-(self.photo / sigma) ** 2)
 
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(coords, the stabiliser's trust): its looser test and photometric scale."""
+        return self.coords, self.trust(TRUST_FB, TRUST_SIGMA)
+
 
 def visibility(fwd: np.ndarray, bwd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(coords, visible): where each pixel of frame t lies in frame t-1, and a float mask of the
@@ -204,10 +212,10 @@ def track(dis, cur: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return pull.coords, pull.visible(), pull.trust()
 
 
-def _at(pull: Pull, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(coords, the stabiliser's trust) of a flow-plane Pull, at the a/b size `shape`."""
-    trust = pull.trust(TRUST_FB, TRUST_SIGMA)
-    coords, plane = pull.coords, trust.shape
+def _at(pull: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A flow-plane pull's (coords, the stabiliser's trust) (Pull.weights), at the a/b size `shape`."""
+    coords, trust = pull
+    plane = trust.shape
     h, w = shape
     if (h, w) != plane:
         trust = cv2.resize(trust, (w, h), interpolation=cv2.INTER_AREA)
@@ -222,6 +230,74 @@ def _flow_plane(tile: np.ndarray) -> np.ndarray:
     if min(tile.shape) > FLOW_SIDE:
         return cv2.resize(np.ascontiguousarray(tile), (FLOW_SIDE, FLOW_SIDE), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(tile)
+
+
+class Link(NamedTuple):
+    """What the stabiliser needs of the optical flow between a frame and the one before it, at
+    the flow plane's size (`link`)."""
+    motion: float                         # the metric's mean trust in the previous frame moved onto this one (MOTION_TRUST)
+    back: tuple[np.ndarray, np.ndarray]   # this frame's pull into the previous one: (coords, trust) (Pull.weights)
+    ahead: tuple[np.ndarray, np.ndarray]  # the previous frame's pull into this one, from the same two flows
+
+
+def link(dis, plane: np.ndarray, prev: np.ndarray) -> Link:
+    """The Link of flow plane `plane` to `prev` (the frame before it): two DIS flows and both pulls."""
+    into_prev = Pull(plane, prev, flow(dis, plane, prev), flow(dis, prev, plane))
+    out_of_prev = Pull(prev, plane, into_prev.bwd, into_prev.fwd)
+    return Link(float(into_prev.trust().mean()), into_prev.weights(), out_of_prev.weights())
+
+
+class Linker:
+    """The Links of a film's frames, fed its L tiles in display order (`add`): the stabiliser's
+    optical flow, computed where the tiles are made. The video path runs it in the decode
+    worker, beside the thread that stabilises instead of in it: the flows are half the
+    stabiliser's cost, and on a GPU host that thread sets a film's pace (benchmarks/
+    RESULTS-cuda.md). The Stabiliser fed these Links gives what it gives computing them itself,
+    bit for bit."""
+
+    def __init__(self):
+        self.dis = cv2.DISOpticalFlow_create(FLOW_PRESET)
+        self.prev: np.ndarray | None = None
+
+    def add(self, tile: np.ndarray) -> Link | None:
+        """The Link of `tile` to the tile added before it (None for the first)."""
+        plane = _flow_plane(tile)
+        prev, self.prev = self.prev, plane
+        return None if prev is None else link(self.dis, plane, prev)
+
+
+#: Links of a batch of frames as arrays (`pack_links`): (B, P, P, 2) coords, (B, P, P) trusts,
+#: (B,) motion, and (B,) whether the frame has a Link at all (a stream's first has none).
+LINK_ARRAYS = ("link_back_coords", "link_back_trust", "link_ahead_coords", "link_ahead_trust",
+               "link_motion", "linked")
+
+
+def pack_links(links: Sequence[Link | None]) -> dict[str, np.ndarray]:
+    """A batch's Links as the arrays LINK_ARRAYS names (one transfer from the decode worker)."""
+    some = next((k for k in links if k is not None), None)
+    if some is None:  # no frame of this batch has one (a stream of one frame)
+        side = (0, 0)
+    else:
+        side = some.back[1].shape
+    n = len(links)
+    out = {"link_back_coords": np.zeros((n, *side, 2), np.float32), "link_back_trust": np.zeros((n, *side), np.float32),
+           "link_ahead_coords": np.zeros((n, *side, 2), np.float32), "link_ahead_trust": np.zeros((n, *side), np.float32),
+           "link_motion": np.zeros(n, np.float32), "linked": np.zeros(n, bool)}
+    for i, k in enumerate(links):
+        if k is None:
+            continue
+        out["link_back_coords"][i], out["link_back_trust"][i] = k.back
+        out["link_ahead_coords"][i], out["link_ahead_trust"][i] = k.ahead
+        out["link_motion"][i], out["linked"][i] = k.motion, True
+    return out
+
+
+def unpack_links(arrays: dict[str, np.ndarray]) -> list[Link | None]:
+    """`pack_links` undone (the arrays' rows are views, not copies)."""
+    return [Link(float(arrays["link_motion"][i]),
+                 (arrays["link_back_coords"][i], arrays["link_back_trust"][i]),
+                 (arrays["link_ahead_coords"][i], arrays["link_ahead_trust"][i]))
+            if arrays["linked"][i] else None for i in range(len(arrays["linked"]))]
 
 
 class _Frame:
@@ -329,12 +405,21 @@ class Stabiliser:
         """Frames fed and not yet returned."""
         return len(self.shot) - self.done
 
-    def feed(self, tiles: np.ndarray, ab: np.ndarray) -> np.ndarray:
-        """Feed a batch (tiles (B, S, S), a/b (B, 2, h, w) uint8); the a/b of the frames now final."""
+    @property
+    def smooths(self) -> bool:
+        """Whether frames are averaged with their neighbours (every frame's Link is used); when
+        not, only a cut candidate's is, and the stabiliser computes that one itself."""
+        return self.reach > 0
+
+    def feed(self, tiles: np.ndarray, ab: np.ndarray, links: Sequence[Link | None] | None = None) -> np.ndarray:
+        """Feed a batch (tiles (B, S, S), a/b (B, 2, h, w) uint8); the a/b of the frames now final.
+
+        `links`: each frame's Link to the frame fed before it, from a Linker fed the same tiles
+        from the film's first on (None: computed here, as needed)."""
         out: list[np.ndarray] = []
         self.ab_shape = ab.shape[1:]
         for i in range(len(tiles)):
-            self._step(_flow_plane(tiles[i]), ab[i], out)
+            self._step(_flow_plane(tiles[i]), ab[i], out, None if links is None else links[i])
         return self._stack(out)
 
     def finish(self) -> np.ndarray:
@@ -346,12 +431,13 @@ class Stabiliser:
     def _stack(self, out: list[np.ndarray]) -> np.ndarray:
         return np.stack(out) if out else np.empty((0, *self.ab_shape), np.uint8)
 
-    def _step(self, tile: np.ndarray, ab: np.ndarray, out: list[np.ndarray]) -> None:
-        pull: list[Pull] = []  # this frame's pull into the previous one, computed at most once
+    def _step(self, tile: np.ndarray, ab: np.ndarray, out: list[np.ndarray], given: Link | None) -> None:
+        got = [] if given is None else [given]  # this frame's Link, computed at most once
 
         def explained() -> bool:
-            pull.append(self._pull(tile))
-            return float(pull[0].trust().mean()) >= MOTION_TRUST
+            if not got:
+                got.append(link(self.dis, tile, self.prev_tile))
+            return got[0].motion >= MOTION_TRUST
 
         first = self.prev_tile is None
         cut = self.detector.update(tile, None if first else explained)
@@ -366,17 +452,12 @@ class Stabiliser:
         if restart:
             self._end_shot(out)
         else:
-            into_prev = pull[0] if pull else self._pull(tile, prev)
-            back = _at(into_prev, ab.shape[1:])
-            # The previous frame's pull into this one, from the same two flows.
-            self.shot[-1].ahead = _at(Pull(prev, tile, into_prev.bwd, into_prev.fwd), ab.shape[1:])
+            lk = got[0] if got else link(self.dis, tile, prev)
+            back = _at(lk.back, ab.shape[1:])
+            self.shot[-1].ahead = _at(lk.ahead, ab.shape[1:])
         self.shot.append(_Frame(here, back))
         while self.pending > self.reach:
             out.append(self._emit())
-
-    def _pull(self, tile: np.ndarray, prev: np.ndarray | None = None) -> Pull:
-        prev = self.prev_tile if prev is None else prev
-        return Pull(tile, prev, flow(self.dis, tile, prev), flow(self.dis, prev, tile))
 
     def _end_shot(self, out: list[np.ndarray]) -> None:
         while self.pending:

@@ -4,37 +4,40 @@ This module owns the video command's library side (its settings, `VideoConfig`
 with the encoder and time defaults, live in config.py): planning
 (`plan_videos`: which files are films, where each output goes, and every
 refusal, all before a model is loaded), running a plan with one loaded model
-(`colour_videos`), its results (`VideoReport`, `VideosReport`) and the three
+(`colour_videos`), its results (`VideoReport`, `VideosReport`) and the four
 overlapping stages of `colour_job`:
 
 1. a DataLoader worker iterates `FrameStream` (an IterableDataset over the
    decoded stream): decode to the luma plane (media.Decoder with the film's
    ColourTags: no RGB, no LAB), luma -> L8 (colour.yuv_to_l), L8 -> 224 tile
-   (colour.l_tile), grey detection on a few sampled frames; it yields batches of
-   (full-res luma planes, tiles, pts). One worker decodes: a film is one stream,
-   and splitting it by time between workers would need keyframe-exact segment
-   bounds to avoid decoding frames twice, so `workers` is capped at 1 (0 =
-   decode in the main process, for debugging);
+   (colour.l_tile), grey detection on a few sampled frames; with the model on
+   a GPU also the stabiliser's optical flow between consecutive tiles
+   (temporal.Linker, in a thread beside the decoding: `flows_in_decoder`); it
+   yields batches of (full-res luma planes, tiles, pts[, links]). One worker
+   decodes: a film is one stream, and splitting it by time between workers
+   would need keyframe-exact segment bounds to avoid decoding frames twice, so
+   `workers` is capped at 1 (0 = decode in the main process, for debugging);
 2. the main process runs the model on each batch (pipeline.Colouriser.predict:
    one host transfer per batch; on a CPU beside x264, the batch's chunks in
-   lanes, device.lanes_beside_encoder) and hands the batch to the writer thread;
-3. the writer thread first runs temporal.Stabiliser, which holds the low-resolution
-   a/b still along the motion between the L tiles, averaging each frame's with
-   its shot's neighbours up to `VideoConfig.reach` frames either side, carrying
-   its state from batch to batch in display order, and counts the scene cuts
-   that end a shot. It looks ahead, so a frame's a/b are final up to `reach`
-   frames later: the frames' luma planes and pts wait in a queue of that length
-   (`held`). Off the main thread, the stabiliser's optical flow overlaps the
-   next batch's forward instead of following it. The writer then turns a/b
-   into chroma at the output's chroma-plane size (colour.lab_to_chroma, with
-   L from the luma averaged down to that size, in the source's matrix and
-   range) and hands the source's luma plane, untouched, with that chroma to
-   the encoder (media.Encoder.write_planes, with
-   carry.Carrier bringing the audio and subtitles along), fed through a bounded
-   queue. With a lossless codec the output's luma is the input's, bit for bit.
-   --compare writes the luma twice, neutral chroma on the left.
+   lanes, device.lanes_beside_encoder) and hands the batch to the colour stage;
+3. the colour stage's thread (`_Colour`) runs temporal.Stabiliser, which holds
+   the low-resolution a/b still along the motion between the L tiles,
+   averaging each frame's with its shot's neighbours up to `VideoConfig.reach`
+   frames either side, carrying its state from batch to batch in display
+   order, and counts the scene cuts that end a shot (on a CPU it computes the
+   optical flow itself). It looks ahead, so a frame's a/b are final up to
+   `reach` frames later: the frames' luma planes and pts wait in a queue of
+   that length (`held`). It then turns each final frame's a/b into chroma at
+   the output's chroma-plane size (colour.lab_to_chroma, with L from the luma
+   averaged down to that size, in the source's matrix and range) and hands
+   the source's luma plane, untouched, with that chroma to
+4. the writer's thread (`_Writer`), a few frames at a time through a bounded
+   queue: it only calls the encoder (media.Encoder.write_planes, with
+   carry.Carrier bringing the audio and subtitles along). With a lossless
+   codec the output's luma is the input's, bit for bit. --compare writes the
+   luma twice, neutral chroma on the left.
 
-Every hand-off is bounded (DataLoader prefetch, the writer queue), so memory is
+Every hand-off is bounded (DataLoader prefetch, the two stages' queues), so memory is
 flat in the film's length. The output is written through files.atomic_output:
 it appears only when complete.
 
@@ -46,11 +49,13 @@ media.MediaError (exit 1) concern one film, which planning lists in
 """
 from __future__ import annotations
 
+import builtins
 import os
 import queue
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import partial
@@ -66,7 +71,7 @@ from .carry import Carrier
 from .data import make_loader
 from .errors import ColourbatchError, InputError, WriteError, one_line
 from .config import VideoConfig
-from .device import lanes_beside_encoder, one_opencv_thread, threads_beside_encoder
+from .device import cpu_count, lanes_beside_encoder, one_opencv_thread, threads_beside_encoder
 from .pipeline import Colouriser, RunConfig, on_ray
 from .shard import Shard, resolve as resolve_shard
 
@@ -309,7 +314,10 @@ def _check_film(src: Path, dst: Path, cfg: VideoConfig) -> media.VideoInfo:
 
 # ------------------------------------------------------------- stage 1: decode
 class FrameStream(IterableDataset):
-    """Batches of decoded frames as uint8 tensors: {"y": (B,H,W) luma, "tiles": (B,1,S,S) L, "pts": (B,)}.
+    """Batches of decoded frames as uint8 tensors: {"y": (B,H,W) luma, "tiles": (B,1,S,S) L, "pts": (B,)},
+    with `links` also each frame's temporal.Link to the one before it (the arrays
+    temporal.LINK_ARRAYS names): the stabiliser's optical flow, computed here in the decode
+    worker beside the thread that stabilises.
 
     The last item is {"end": True, "decoded": n, "error": "..."}: decode errors
     (a truncated file) travel as data, so the main process still encodes what
@@ -318,9 +326,10 @@ class FrameStream(IterableDataset):
 
     def __init__(self, path: str, batch: int, start: float | None = None, end: float | None = None,
                  size: tuple[int, int] | None = None, sample_at: frozenset[int] = frozenset(),
-                 tile: int = colour.TILE, origin: float = 0.0, tags: media.ColourTags | None = None):
+                 tile: int = colour.TILE, origin: float = 0.0, tags: media.ColourTags | None = None,
+                 links: bool = False):
         self.path, self.batch, self.start, self.end, self.origin = path, batch, start, end, origin
-        self.size, self.sample_at, self.tile = size, sample_at, tile
+        self.size, self.sample_at, self.tile, self.links = size, sample_at, tile, links
         self.tags = tags or media.SD_TAGS
 
     def __iter__(self):
@@ -328,31 +337,73 @@ class FrameStream(IterableDataset):
         if info is not None and info.id > 0:
             return  # one decoder per film; extra workers would duplicate frames
         dec = media.Decoder(self.path, self.start, self.end, self.size, self.origin, self.tags)
-        ls, tiles, pts, grey = [], [], [], []
+        # The flows in a thread of their own beside the decoding (DIS and FFmpeg release the
+        # GIL), one frame after another: each Link needs the tile before it.
+        linker, flows = (temporal.Linker(), ThreadPoolExecutor(1, "colourbatch-flow")) if self.links else (None, None)
+        ls, tiles, pts, grey, links = [], [], [], [], []
         index = 0
-        for pic, p in dec:
-            ls.append(pic.y)
-            tiles.append(colour.l_tile(colour.yuv_to_l(pic.y, self.tags.full_range), self.tile))
-            pts.append(p)
-            if index in self.sample_at:
-                grey.append(colour.is_greyscale(pic.rgb()))
-            index += 1
-            if len(ls) == self.batch:
-                yield _batch(ls, tiles, pts, grey)
-                ls, tiles, pts, grey = [], [], [], []
-        if ls:
-            yield _batch(ls, tiles, pts, grey)
-        elif grey:
-            yield _batch([], [], [], grey)
+        try:
+            for pic, p in dec:
+                ls.append(pic.y)
+                tiles.append(colour.l_tile(colour.yuv_to_l(pic.y, self.tags.full_range), self.tile))
+                if flows is not None:
+                    links.append(flows.submit(linker.add, tiles[-1]))
+                pts.append(p)
+                if index in self.sample_at:
+                    grey.append(colour.is_greyscale(pic.rgb()))
+                index += 1
+                if len(ls) == self.batch:
+                    yield _batch(ls, tiles, pts, grey, [f.result() for f in links])
+                    ls, tiles, pts, grey, links = [], [], [], [], []
+            if ls:
+                yield _batch(ls, tiles, pts, grey, [f.result() for f in links])
+            elif grey:
+                yield _batch([], [], [], grey, [])
+        finally:
+            if flows is not None:
+                flows.shutdown(cancel_futures=True)
         yield {"end": True, "decoded": dec.frames, "dropped": dec.dropped, "error": dec.error or "",
                "reached_end": dec.reached_end}
 
 
-def _batch(ls, tiles, pts, grey) -> dict:
-    return {"y": torch.from_numpy(np.stack(ls)) if ls else torch.empty(0, dtype=torch.uint8),
-            "tiles": torch.from_numpy(np.stack(tiles))[:, None] if tiles else torch.empty(0, dtype=torch.uint8),
-            "pts": torch.tensor(pts, dtype=torch.int64),
-            "grey": torch.tensor(grey, dtype=torch.bool)}
+def _batch(ls, tiles, pts, grey, links) -> dict:
+    out = {"y": torch.from_numpy(np.stack(ls)) if ls else torch.empty(0, dtype=torch.uint8),
+           "tiles": torch.from_numpy(np.stack(tiles))[:, None] if tiles else torch.empty(0, dtype=torch.uint8),
+           "pts": torch.tensor(pts, dtype=torch.int64),
+           "grey": torch.tensor(grey, dtype=torch.bool)}
+    if links:
+        out.update((k, torch.from_numpy(v)) for k, v in temporal.pack_links(links).items())
+    return out
+
+
+def _links(item: dict) -> list[temporal.Link | None] | None:
+    """A batch's Links, when the decode worker computed them (FrameStream's `links`)."""
+    if "linked" not in item:
+        return None
+    return temporal.unpack_links({k: item[k].numpy() for k in temporal.LINK_ARRAYS})
+
+
+def flows_in_decoder(device: torch.device, stabiliser: temporal.Stabiliser) -> bool:
+    """Whether the decode worker computes the stabiliser's flows (FrameStream's `links`).
+
+    With the model on an accelerator the colour stage's thread and x264 set a film's pace
+    and the CPU has cores to spare: the flows, half the stabiliser's cost, move out of that
+    thread into the decode worker's process. On a CPU every core is busy already, and the
+    decode worker, one process beside torch's and x264's threads, then falls behind the model
+    now and then: bikes.mp4 on 2 cores, 360p and 720p veryfast, 2-6 % slower (docs/speed.md).
+    There the colour stage computes them as it stabilises."""
+    return stabiliser.smooths and device.type != "cpu"
+
+
+def chroma_threads(device: torch.device) -> int:
+    """Threads the colour stage turns a hand-on's a/b into chroma in (`_Colour`).
+
+    With the model on an accelerator, on a film x264 finds easy, the colour stage is the
+    slowest step and the CPU has cores to spare: up to HAND_ON frames at once, one thread for
+    every 4 cores. On a CPU every core is busy already: one, the colour stage's own."""
+    if device.type == "cpu":
+        return 1
+    return min(HAND_ON, max(1, cpu_count() // 4))
 
 
 def sample_indices(estimate: int | None, k: int) -> frozenset[int]:
@@ -432,19 +483,30 @@ class _Colour(_Stage):
     thread they added up (H200 machine, 1080p veryfast: the stabiliser 8.2 ms a frame, chroma
     3.4, the encoder call 14.6; 48.7 -> 53.6 frames/s; benchmarks/RESULTS-cuda.md)."""
 
-    def __init__(self, stabiliser: temporal.Stabiliser, writer: "_Writer", compare: bool, depth: int):
+    def __init__(self, stabiliser: temporal.Stabiliser, writer: "_Writer", compare: bool, depth: int,
+                 threads: int = 1):
         super().__init__("the colour stage", depth)
         self.stabiliser, self.writer, self.compare = stabiliser, writer, compare
+        # A hand-on's frames' chroma at once (`chroma_threads`; OpenCV and numpy's loops release
+        # the GIL); None: one after another, in this thread.
+        self.pool = ThreadPoolExecutor(threads, "colourbatch-chroma") if threads > 1 else None
         # (luma, pts) of the frames the stabiliser still holds (it looks ahead): its reach in
         # frames. Each luma is a view of its batch's array, which stays alive until its last
         # frame is encoded: at most reach + 2 batches' luma here, and one more batch's for the
         # frames handed on and not yet written (at most 3 HAND_ON).
         self.held: deque[tuple[np.ndarray, int]] = deque()
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+
     def handle(self, item) -> None:
-        tiles, ys, ab, pts = item
+        tiles, ys, ab, pts, links = item
         self.held.extend(zip(ys, pts))
-        self.hand_on(self.stabiliser.feed(tiles, ab))
+        self.hand_on(self.stabiliser.feed(tiles, ab, links))
 
     def finish(self) -> None:
         self.hand_on(self.stabiliser.finish())  # every frame still held is final now
@@ -458,8 +520,9 @@ class _Colour(_Stage):
             if self.stop.is_set():  # cancelled: the run is ending, hand on nothing more
                 return
             frames = [self.held.popleft() for _ in ab[start:start + HAND_ON]]
-            self.writer.put([(*self.planes(y, ab_i), pts)
-                             for (y, pts), ab_i in zip(frames, ab[start:start + HAND_ON])])
+            ys, pts = [y for y, _ in frames], [p for _, p in frames]
+            made = (self.pool or builtins).map(self.planes, ys, ab[start:start + HAND_ON])
+            self.writer.put([(*planes, p) for planes, p in zip(made, pts)])
 
     def planes(self, y: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(luma, Cb, Cr) of one output frame: the source's luma, chroma from `ab` at the chroma size."""
@@ -566,7 +629,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
             workers = min(run.workers, 1)
             stream = FrameStream(info.path, run.batch_size, start, end, (info.width, info.height),
                                  sample_indices(estimate, vcfg.grey_samples), origin=info.start_time,
-                                 tags=info.colour)
+                                 tags=info.colour, links=flows_in_decoder(colouriser.device, stabiliser))
             # Two decoded batches ahead: enough to overlap, and full-resolution luma planes are big.
             loader = make_loader(stream, batch_size=None, workers=workers, prefetch=2)
             # Fork the decode worker first, before this process holds an open output or a thread.
@@ -577,7 +640,8 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
             # Two hand-ons of final frames wait for the writer: enough for the two threads to
             # overlap, and full-resolution planes are big.
             writer = _Writer(enc, 2, frames_written)
-            colouring = _Colour(stabiliser, writer, vcfg.compare, vcfg.queue_batches)
+            colouring = _Colour(stabiliser, writer, vcfg.compare, vcfg.queue_batches,
+                                chroma_threads(colouriser.device))
             writer.start()
             colouring.start()
             try:
@@ -592,7 +656,7 @@ def colour_job(job: VideoJob, run: RunConfig, vcfg: VideoConfig | None = None,
                     if colouriser.pin:
                         tiles = tiles.pin_memory()  # only the small tiles: the full-res luma stays on the host
                     colouring.put((item["tiles"][:, 0].numpy(), item["y"].numpy(), colouriser.predict(tiles),
-                                   item["pts"].numpy()))
+                                   item["pts"].numpy(), _links(item)))
             finally:
                 it = None  # shuts the decode worker down, also on Ctrl-C
             colouring.put(None)

@@ -185,6 +185,46 @@ def test_stabiliser_is_deterministic_in_any_batch_size():
         assert np.array_equal(stabilise(tiles, pred, batch=size)[0], whole)
 
 
+def linked(tiles, batch: int) -> list:
+    """A Linker's Links of `tiles`, through the arrays a batch of `batch` travels in (as the
+    decode worker hands them over)."""
+    lk = temporal.Linker()
+    links = [lk.add(t) for t in tiles]
+    return [k for i in range(0, len(links), batch)
+            for k in temporal.unpack_links(temporal.pack_links(links[i:i + batch]))]
+
+
+def test_links_made_elsewhere_give_the_same_output_bit_for_bit():
+    # The video path computes the flows in the decode worker; the stabiliser must not tell.
+    la, aa = shot(1, 13, dx=5, dy=-2, start=40)
+    lb, ab_ = shot(2, 9, dx=-3, dy=4, start=60)
+    pan = scene(3)  # a still camera starting a pan: a cut candidate the Link's motion vetoes
+    lc = np.stack([crop(pan, 0, 0)] * 4 + [crop(pan, 12 * i, 3 * i) for i in range(1, 7)])
+    tiles = np.concatenate([la, lb, lc])
+    pred = jitter(to_model(np.concatenate([aa, ab_, np.repeat(aa[:1], len(lc), axis=0)])))
+    assert cuts_in(tiles) == [13, 22, 26]  # luma alone takes the pan's start for a cut too
+    own, st = stabilise(tiles, pred, reach=6)
+    assert st.cuts == 2
+    for batch in (1, 5, 16):
+        links = linked(tiles, batch)
+        assert links[0] is None and all(k is not None for k in links[1:])
+        st = temporal.Stabiliser(0.95, 6)
+        parts = [st.feed(tiles[i:i + batch], pred[i:i + batch], links[i:i + batch])
+                 for i in range(0, len(tiles), batch)]
+        assert np.array_equal(np.concatenate(parts + [st.finish()]), own) and st.cuts == 2
+
+
+def test_a_stabiliser_fed_wrong_links_goes_wrong():
+    # The check above can fail: the Links are what moves the colour (one frame off: other output).
+    l, ab = shot(1, 12, dx=6, dy=3)
+    pred = jitter(to_model(ab))
+    own, _ = stabilise(l, pred, reach=4, batch=12)
+    links = linked(l, 12)
+    st = temporal.Stabiliser(0.95, 4)
+    shifted = [None, None] + links[1:-1]
+    assert not np.array_equal(np.concatenate([st.feed(l, pred, shifted), st.finish()]), own)
+
+
 def test_stability_zero_is_the_prediction_with_no_lag_and_still_counts_cuts():
     la, aa = shot(1, 6)
     lb, ab_ = shot(2, 6)

@@ -6,6 +6,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from colourbatch import config
 from colourbatch import colour, media, video
@@ -201,13 +202,18 @@ def test_a_film_runs_opencv_on_one_thread_and_restores_it(tmp_path, make_clip, r
 
     run.workers = 0
     clip = make_clip("a.mp4", frames=8)
-    seen, real = [], temporal.Stabiliser.feed
+    seen, real, real_add = [], temporal.Stabiliser.feed, temporal.Linker.add
 
-    def feed(self, tiles, ab):
+    def feed(self, tiles, ab, links=None):
         seen.append(cv2.getNumThreads())
-        return real(self, tiles, ab)
+        return real(self, tiles, ab, links)
+
+    def add(self, tile):  # the stabiliser's flow, in the decode stage
+        seen.append(cv2.getNumThreads())
+        return real_add(self, tile)
 
     monkeypatch.setattr(temporal.Stabiliser, "feed", feed)
+    monkeypatch.setattr(temporal.Linker, "add", add)
     before = cv2.getNumThreads()
     cv2.setNumThreads(3)
     try:
@@ -237,10 +243,100 @@ def test_the_writer_gets_final_frames_a_few_at_a_time(tmp_path, make_clip, run, 
     assert len(order) == 40 and order == sorted(order)
 
 
-@pytest.mark.parametrize("fails_in", ["predict", "feed", "finish", "write_planes"])
+@pytest.mark.parametrize("stability", [0.95, 0.0])
+def test_the_decode_worker_links_each_frame_to_the_one_before(tmp_path, make_clip, run, monkeypatch, stability):
+    # With the model on a GPU the stabiliser's flows come from the decode worker (a process of
+    # its own), across its batches; with the stabiliser off it computes none.
+    from colourbatch import temporal
+
+    monkeypatch.setattr(video, "flows_in_decoder", lambda device, st: st.smooths)  # as on a GPU
+    run.workers, run.batch_size = 1, 6
+    clip = make_clip("a.mp4", frames=15, size=(96, 64))
+    fed, real = [], temporal.Stabiliser.feed
+
+    def feed(self, tiles, ab, links=None):
+        fed.append((tiles.copy(), links))
+        return real(self, tiles, ab, links)
+
+    monkeypatch.setattr(temporal.Stabiliser, "feed", feed)
+    assert colour_video(clip, tmp_path / "out.mp4", run, VideoConfig(stability=stability)).frames_out == 15
+    if stability == 0:
+        assert fed and all(links is None for _, links in fed)
+        return
+    tiles = np.concatenate([t for t, _ in fed])
+    got = [k for _, links in fed for k in links]
+    assert len(fed) == 3 and len(got) == 15 and got[0] is None
+    lk = temporal.Linker()
+    for tile, k in zip(tiles, got):  # each the Link of its frame to the frame before it
+        want = lk.add(tile)
+        if want is None:
+            continue
+        assert k.motion == want.motion
+        for a, b in zip((*k.back, *k.ahead), (*want.back, *want.ahead)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_chroma_in_several_threads_hands_on_the_same_planes_in_order(tmp_path, make_clip, run, monkeypatch):
+    # On a GPU the colour stage turns a hand-on's frames into chroma in threads: the same
+    # planes, each beside its own luma and timestamp, as one thread makes.
+    import threading
+
+    run.batch_size = 8
+    clip = make_clip("a.mp4", frames=14)
+    real_handle, real_planes, real_threads = video._Writer.handle, video._Colour.planes, video.chroma_threads
+    got, where = {}, set()
+
+    def handle(self, frames):
+        got[key].extend((int(p), y.copy(), cb.copy(), cr.copy()) for y, cb, cr, p in frames)
+        return real_handle(self, frames)
+
+    def planes(self, y, ab):
+        where.add(threading.current_thread().name)
+        return real_planes(self, y, ab)
+
+    def predict(self, tiles):  # a/b that differ from frame to frame: a mix-up would show
+        small = torch.nn.functional.avg_pool2d(tiles.reshape(-1, 1, *tiles.shape[-2:]).float(), 4)
+        return torch.cat([small, 255 - small], 1).to(torch.uint8).numpy()
+
+    monkeypatch.setattr(video._Writer, "handle", handle)
+    monkeypatch.setattr(video._Colour, "planes", planes)
+    monkeypatch.setattr(video.Colouriser, "predict", predict)
+    for key, threads in (("one", 1), ("three", 3)):
+        got[key] = []
+        monkeypatch.setattr(video, "chroma_threads", lambda device, n=threads: n)
+        assert colour_video(clip, tmp_path / f"{key}.mp4", run).frames_out == 14
+    assert [p for p, *_ in got["three"]] == sorted(p for p, *_ in got["one"]) == [p for p, *_ in got["one"]]
+    for a, b in zip(got["one"], got["three"]):
+        for x, y in zip(a[1:], b[1:]):
+            np.testing.assert_array_equal(x, y)
+    assert any(n.startswith("colourbatch-chroma") for n in where) and "the colour stage" in where
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("colourbatch-chroma")]
+    assert real_threads(torch.device("cpu")) == 1
+    assert 1 <= real_threads(torch.device("cuda")) <= video.HAND_ON
+
+
+def test_on_a_cpu_the_colour_stage_computes_the_flows(tmp_path, make_clip, run, monkeypatch):
+    from colourbatch import temporal
+
+    fed, real = [], temporal.Stabiliser.feed
+
+    def feed(self, tiles, ab, links=None):
+        fed.append(links)
+        return real(self, tiles, ab, links)
+
+    monkeypatch.setattr(temporal.Stabiliser, "feed", feed)
+    assert colour_video(make_clip("a.mp4", frames=6), tmp_path / "out.mp4", run).frames_out == 6
+    assert fed and all(links is None for links in fed)
+    st = temporal.Stabiliser(0.95, 4)
+    assert video.flows_in_decoder(torch.device("cuda"), st) and not video.flows_in_decoder(torch.device("cpu"), st)
+    assert not video.flows_in_decoder(torch.device("cuda"), temporal.Stabiliser(0.0, 4))
+
+
+@pytest.mark.parametrize("fails_in", ["predict", "feed", "finish", "write_planes", "add", "planes"])
 def test_a_failing_step_ends_the_run(tmp_path, make_clip, run, monkeypatch, fails_in):
-    # The colour stage (stabiliser, chroma) and the writer run in threads of their own: an error
-    # in either or in the model ends the run with that error, both threads stop, and no output
+    # The colour stage (stabiliser, chroma) and the writer run in threads of their own, and so
+    # do the stabiliser's flows beside the decoding on a GPU: an error in any or in the model
+    # ends the run with that error, both threads stop, and no output
     # is left (a hang is the failure).
     import threading
 
@@ -249,7 +345,11 @@ def test_a_failing_step_ends_the_run(tmp_path, make_clip, run, monkeypatch, fail
     run.workers = 0
     clip = make_clip("a.mp4", frames=12)
     dst = tmp_path / "out.mp4"
-    owner = {"predict": pipeline.Colouriser, "write_planes": media.Encoder}.get(fails_in, temporal.Stabiliser)
+    owner = {"predict": pipeline.Colouriser, "write_planes": media.Encoder,
+             "add": temporal.Linker, "planes": video._Colour}.get(fails_in, temporal.Stabiliser)
+    # The threads of a GPU run too: the flows beside the decoding, the chroma's.
+    monkeypatch.setattr(video, "flows_in_decoder", lambda device, st: st.smooths)
+    monkeypatch.setattr(video, "chroma_threads", lambda device: 3)
     real, calls = getattr(owner, fails_in), {"n": 0}
 
     def broken(self, *args):
@@ -272,7 +372,9 @@ def test_a_failing_step_ends_the_run(tmp_path, make_clip, run, monkeypatch, fail
     t.join(timeout=60)
     assert not t.is_alive(), "the run hung"
     assert isinstance(outcome.get("error"), RuntimeError) and str(outcome["error"]) == f"broken {fails_in}"
-    assert not [th.name for th in threading.enumerate() if th.name in ("the writer", "the colour stage")]
+    assert not [th.name for th in threading.enumerate()
+                if th.name in ("the writer", "the colour stage") or th.name.startswith(("colourbatch-flow",
+                                                                                          "colourbatch-chroma"))]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
