@@ -161,7 +161,9 @@ def _norm2(v: np.ndarray) -> np.ndarray:
 
 def warp(img: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """`img` (H, W) or (H, W, C) sampled at `coords` (H, W, 2: x, y), bilinear, edges repeated."""
-    return cv2.remap(img, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # One two-channel map: the same samples as separate x and y planes, without copying them out.
+    return cv2.remap(img, np.ascontiguousarray(coords, np.float32), None, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
 
 
 class Pull:
@@ -305,28 +307,32 @@ class _Frame:
     (a, b, 1), and its pulls (coords, trust at the a/b size) into the frame before (None for a
     shot's first) and the frame after (None until that one arrives)."""
 
-    __slots__ = ("here", "back", "ahead")
+    __slots__ = ("here", "planes", "back", "ahead")
 
     def __init__(self, here: np.ndarray, back: tuple[np.ndarray, np.ndarray] | None):
         self.here, self.back = here, back
+        self.planes = cv2.split(here)[:2]  # its a and b, apart: every carry onto it compares with them
         self.ahead: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _carry(acc: np.ndarray, pull: tuple[np.ndarray, np.ndarray], here: np.ndarray) -> np.ndarray:
+def _carry(acc: np.ndarray, pull: tuple[np.ndarray, np.ndarray], here: np.ndarray,
+           planes: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """`acc` (sums of a, b, weight) moved one frame along `pull` (coords, trust) onto the frame
-    whose prediction is `here`, weighted by the trust and by how well its colour agrees."""
+    whose prediction is `here` (its a and b planes apart: `planes`, when at hand), weighted by
+    the trust and by how well its colour agrees."""
     coords, trust = pull
+    here_a, here_b = planes or cv2.split(here)[:2]
     moved = warp(acc, coords)
     a, b, weight = cv2.split(moved)
     np.maximum(weight, np.float32(1e-6), out=weight)
     # |mean a - here a| + |mean b - here b|, in OpenCV on whole planes: numpy's expressions on
     # the channels of interleaved planes this small cost more (the same values, tested).
-    gap = cv2.add(cv2.absdiff(cv2.divide(a, weight), here[..., 0]), cv2.absdiff(cv2.divide(b, weight), here[..., 1]))
+    gap = cv2.add(cv2.absdiff(cv2.divide(a, weight), here_a), cv2.absdiff(cv2.divide(b, weight), here_b))
     far = np.flatnonzero(gap > GATE_FREE)  # the gate is 1 elsewhere: most colour agrees
     if len(far):
         trust = trust.copy()
         trust.flat[far] *= np.exp(-((gap.flat[far] - GATE_FREE) / GATE_SCALE) ** 2)
-    return moved * trust[..., None]
+    return cv2.multiply(moved, cv2.merge([trust, trust, trust]))  # numpy's broadcast costs 5x more here
 
 
 def _fold(frames, link: str, weights: np.ndarray) -> np.ndarray:
@@ -337,7 +343,7 @@ def _fold(frames, link: str, weights: np.ndarray) -> np.ndarray:
         if acc is None:
             acc = weight * frame.here
         else:
-            acc = weight * frame.here + _carry(acc, getattr(frame, link), frame.here)
+            acc = weight * frame.here + _carry(acc, getattr(frame, link), frame.here, frame.planes)
     return acc
 
 
@@ -474,11 +480,11 @@ class Stabiliser:
         if t > 0:  # behind, farthest first: frame t - n has weight c[n]
             n = min(t, self.reach)
             acc = _fold([shot[t - m] for m in range(n, 0, -1)], "back", c[n:0:-1])
-            total = total + _carry(acc, frame.back, frame.here)
+            total = total + _carry(acc, frame.back, frame.here, frame.planes)
         if t + 1 < len(shot):  # ahead, farthest first
             n = len(shot) - 1 - t
             acc = _fold([shot[t + m] for m in range(n, 0, -1)], "ahead", c[n:0:-1])
-            total = total + _carry(acc, frame.ahead, frame.here)
+            total = total + _carry(acc, frame.ahead, frame.here, frame.planes)
         self.done += 1
         if self.done > self.reach:  # the oldest is out of every later frame's reach
             shot.popleft()
