@@ -259,12 +259,16 @@ def main() -> None:
             vcfg = VideoConfig()
             report("stabiliser_ms", cpu_ms(lambda: stabilised(film_tiles, film_ab, vcfg.stability, vcfg.reach),
                                            len(film_tiles)))
-            # Its flows alone (the decode worker's part of it on a GPU: video.flows_in_decoder).
-            from colourbatch.temporal import Linker
+            # Its flows alone (the decode worker's part of it on a GPU: video.flows_in_decoder;
+            # a checkout from before the Linker has no such part).
+            from colourbatch import temporal
+
             def flows():
-                linker = Linker()
+                linker = temporal.Linker()
                 return [linker.add(t) for t in film_tiles]
-            report("stabiliser_flows_ms", cpu_ms(flows, len(film_tiles)))
+
+            if hasattr(temporal, "Linker"):
+                report("stabiliser_flows_ms", cpu_ms(flows, len(film_tiles)))
         # -- the pipeline (fp16: the network's cost is a rounding error beside the CPU's work)
         for name, (short, long) in clips.items():
             floor_ms = floor_under_way(*stages[name])

@@ -234,8 +234,11 @@ class ChromaTable:
     takes a quarter of the time at 1080p (benchmarks/floor.py's "chroma"
     lines). 16 M entries of 2 bytes: 32 MiB of address space, of which memory
     is given only to the blocks (pages, or 2 MiB huge pages) holding the rows a
-    film touches. Shared by a process's films; a lock guards the filling, and
-    readers rely on the GIL for seeing a row whole once it is marked known.
+    film touches. Shared by a process's films and threads (the colour stage's
+    chroma threads on a GPU host): a lock guards the filling, and readers also
+    check which rows are known under it, so that a row another thread marked
+    known is seen whole on any CPU (the lock orders the writes before it for
+    the reader after it); the lookups themselves run unlocked, side by side.
     """
 
     def __init__(self, matrix: str, full_range: bool):
@@ -251,7 +254,9 @@ class ChromaTable:
         key = a.astype(np.uint16)
         key <<= 8
         key |= b
-        if not np.take(self.known, key).all():
+        with self.lock:
+            complete = np.take(self.known, key).all()
+        if not complete:
             self._fill(key)
         index = key.astype(np.uint32)
         index <<= 8
@@ -270,13 +275,22 @@ class ChromaTable:
                 a, b = (np.repeat(v.astype(np.uint8)[:, None], 256, axis=1) for v in (part >> 8, part & 255))
                 cb, cr = _chroma_of(y, a, b, self.matrix, self.full_range)
                 self.table[part] = np.dstack([cb, cr])
-                self.known[part] = True  # after the rows: a reader that sees it reads them whole
+                self.known[part] = True  # under the lock, after the rows: see the class docstring
 
 
 @functools.lru_cache(maxsize=None)
-def chroma_table(matrix: str, full_range: bool) -> ChromaTable:
-    """The process's table of `matrix` and range (see ChromaTable)."""
+def _chroma_table(matrix: str, full_range: bool) -> ChromaTable:
     return ChromaTable(matrix, full_range)
+
+
+_TABLES = threading.Lock()
+
+
+def chroma_table(matrix: str, full_range: bool) -> ChromaTable:
+    """The process's table of `matrix` and range (see ChromaTable); one, whichever thread asks
+    first (the colour stage's chroma threads may all ask at a film's start)."""
+    with _TABLES:
+        return _chroma_table(matrix, full_range)
 
 
 def _fit_gamut(grey: np.ndarray, luma: np.ndarray, rgb: np.ndarray, cb: np.ndarray, cr: np.ndarray,

@@ -481,11 +481,20 @@ def _guarded(it):
     except RuntimeError as exc:
         # With workers, the RuntimeErrors leaving the iterator are torch's own (a worker
         # died, the pin-memory thread died) or a worker's re-raised: none can be resumed.
-        raise WorkerError(f"a data worker failed: {one_line(exc)}") from None
+        raise WorkerError(f"a data worker failed: {_worker_reason(exc)}") from None
     except (ConnectionError, EOFError) as exc:
         # A worker that dies while the parent is fetching a batch's shared memory from it
         # breaks that connection (ECONNRESET, EOF) before torch's liveness check runs.
         raise WorkerError(f"a data worker died while handing over a batch ({one_line(exc)})") from None
+
+
+def _worker_reason(exc: BaseException) -> str:
+    """One line on why a worker failed: the worker's own error where torch re-raised one (the
+    last line of the worker's traceback it quotes: "RuntimeError: ..."), else the first line."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        return one_line(text.strip().splitlines()[-1])
+    return one_line(exc)
 
 
 def _share_tensors(obj) -> None:

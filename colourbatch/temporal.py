@@ -27,9 +27,9 @@ a/b planes the engine already has (pure numpy/OpenCV, no torch, no PyAV):
   the current shot's last 2 reach + 1 frames (small planes): memory is
   bounded, and batches of any size give the same output.
 * `Linker`: the stabiliser's optical flow between consecutive frames (a
-  `Link`: both pulls and the motion test), computed apart from the stabiliser
-  where that pays: the video path runs it in the decode worker when the model
-  is on a GPU. Fed the Links, the stabiliser's output is the same bit for bit.
+  `Link`: both pulls and the motion test), for computing it apart from the
+  stabiliser (where, video.flows_in_decoder decides). Fed the Links, the
+  stabiliser's output is the same bit for bit.
 * `WarpError`: the warp error of Lai et al. (ECCV 2018), the metric that
   measures flicker (formula in its docstring).
 """
@@ -251,10 +251,8 @@ def link(dis, plane: np.ndarray, prev: np.ndarray) -> Link:
 
 class Linker:
     """The Links of a film's frames, fed its L tiles in display order (`add`): the stabiliser's
-    optical flow, computed where the tiles are made. The video path runs it in the decode
-    worker, beside the thread that stabilises instead of in it: the flows are half the
-    stabiliser's cost, and on a GPU host that thread sets a film's pace (benchmarks/
-    RESULTS-cuda.md). The Stabiliser fed these Links gives what it gives computing them itself,
+    optical flow (half its cost), computed where the tiles are made instead of in the thread
+    that stabilises. The Stabiliser fed these Links gives what it gives computing them itself,
     bit for bit."""
 
     def __init__(self):
@@ -284,7 +282,7 @@ def pack_links(links: Sequence[Link | None]) -> dict[str, np.ndarray]:
     n = len(links)
     out = {"link_back_coords": np.zeros((n, *side, 2), np.float32), "link_back_trust": np.zeros((n, *side), np.float32),
            "link_ahead_coords": np.zeros((n, *side, 2), np.float32), "link_ahead_trust": np.zeros((n, *side), np.float32),
-           "link_motion": np.zeros(n, np.float32), "linked": np.zeros(n, bool)}
+           "link_motion": np.zeros(n, np.float64), "linked": np.zeros(n, bool)}  # motion: a Python float, whole
     for i, k in enumerate(links):
         if k is None:
             continue
@@ -422,6 +420,8 @@ class Stabiliser:
 
         `links`: each frame's Link to the frame fed before it, from a Linker fed the same tiles
         from the film's first on (None: computed here, as needed)."""
+        if links is not None and len(links) != len(tiles):
+            raise ValueError(f"{len(links)} links for {len(tiles)} frames")  # before any state changes
         out: list[np.ndarray] = []
         self.ab_shape = ab.shape[1:]
         for i in range(len(tiles)):

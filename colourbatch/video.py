@@ -29,8 +29,9 @@ overlapping stages of `colour_job`:
    `reach` frames later: the frames' luma planes and pts wait in a queue of
    that length (`held`). It then turns each final frame's a/b into chroma at
    the output's chroma-plane size (colour.lab_to_chroma, with L from the luma
-   averaged down to that size, in the source's matrix and range) and hands
-   the source's luma plane, untouched, with that chroma to
+   averaged down to that size, in the source's matrix and range; on a GPU
+   host a hand-on's frames in threads, `chroma_threads`) and hands the
+   source's luma plane, untouched, with that chroma to
 4. the writer's thread (`_Writer`), a few frames at a time through a bounded
    queue: it only calls the encoder (media.Encoder.write_planes, with
    carry.Carrier bringing the audio and subtitles along). With a lossless
@@ -49,7 +50,6 @@ media.MediaError (exit 1) concern one film, which planning lists in
 """
 from __future__ import annotations
 
-import builtins
 import os
 import queue
 import threading
@@ -314,7 +314,7 @@ def _check_film(src: Path, dst: Path, cfg: VideoConfig) -> media.VideoInfo:
 
 # ------------------------------------------------------------- stage 1: decode
 class FrameStream(IterableDataset):
-    """Batches of decoded frames as uint8 tensors: {"y": (B,H,W) luma, "tiles": (B,1,S,S) L, "pts": (B,)},
+    """Batches of decoded frames as tensors: {"y": (B,H,W) uint8 luma, "tiles": (B,1,S,S) uint8 L, "pts": (B,)},
     with `links` also each frame's temporal.Link to the one before it (the arrays
     temporal.LINK_ARRAYS names): the stabiliser's optical flow, computed here in the decode
     worker beside the thread that stabilises.
@@ -390,7 +390,7 @@ def flows_in_decoder(device: torch.device, stabiliser: temporal.Stabiliser) -> b
     and the CPU has cores to spare: the flows, half the stabiliser's cost, move out of that
     thread into the decode worker's process. On a CPU every core is busy already, and the
     decode worker, one process beside torch's and x264's threads, then falls behind the model
-    now and then: bikes.mp4 on 2 cores, 360p and 720p veryfast, 2-6 % slower (docs/speed.md).
+    now and then: slower on 2 cores (docs/speed.md, "On a GPU host").
     There the colour stage computes them as it stabilises."""
     return stabiliser.smooths and device.type != "cpu"
 
@@ -400,7 +400,8 @@ def chroma_threads(device: torch.device) -> int:
 
     With the model on an accelerator, on a film x264 finds easy, the colour stage is the
     slowest step and the CPU has cores to spare: up to HAND_ON frames at once, one thread for
-    every 4 cores. On a CPU every core is busy already: one, the colour stage's own."""
+    every 4 cores (the cores x264 and the decode worker leave). On a CPU every core is busy
+    already: one, the colour stage's own."""
     if device.type == "cpu":
         return 1
     return min(HAND_ON, max(1, cpu_count() // 4))
@@ -415,7 +416,7 @@ def sample_indices(estimate: int | None, k: int) -> frozenset[int]:
     return frozenset(int(i) for i in np.linspace(0, max(0, estimate - 1), k).round())
 
 
-# ------------------------------------------------------------- stage 3: write
+# ------------------------------------------------- stages 3 and 4: colour, write
 class _Stage(threading.Thread):
     """A step after the model in a thread of its own (cv2, numpy's loops and the encoder release
     the GIL), fed through a bounded queue, while the main thread runs the model on the next
@@ -480,8 +481,8 @@ class _Colour(_Stage):
     """Stabilises the model's a/b (temporal.Stabiliser), turns each final frame's a/b into chroma
     beside its luma, and hands the planes with the frame's timestamp to the writer. Its own
     thread beside the writer's: on a GPU these steps and x264 are a film's slowest, and in one
-    thread they added up (H200 machine, 1080p veryfast: the stabiliser 8.2 ms a frame, chroma
-    3.4, the encoder call 14.6; 48.7 -> 53.6 frames/s; benchmarks/RESULTS-cuda.md)."""
+    thread they added up (benchmarks/RESULTS-cuda.md). On a GPU host it also makes a hand-on's
+    chroma in threads (`chroma_threads`)."""
 
     def __init__(self, stabiliser: temporal.Stabiliser, writer: "_Writer", compare: bool, depth: int,
                  threads: int = 1):
@@ -521,7 +522,7 @@ class _Colour(_Stage):
                 return
             frames = [self.held.popleft() for _ in ab[start:start + HAND_ON]]
             ys, pts = [y for y, _ in frames], [p for _, p in frames]
-            made = (self.pool or builtins).map(self.planes, ys, ab[start:start + HAND_ON])
+            made = (map if self.pool is None else self.pool.map)(self.planes, ys, ab[start:start + HAND_ON])
             self.writer.put([(*planes, p) for planes, p in zip(made, pts)])
 
     def planes(self, y: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

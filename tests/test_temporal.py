@@ -209,9 +209,20 @@ def test_links_made_elsewhere_give_the_same_output_bit_for_bit():
         links = linked(tiles, batch)
         assert links[0] is None and all(k is not None for k in links[1:])
         st = temporal.Stabiliser(0.95, 6)
-        parts = [st.feed(tiles[i:i + batch], pred[i:i + batch], links[i:i + batch])
-                 for i in range(0, len(tiles), batch)]
+        with pytest.MonkeyPatch.context() as mp:  # given the Links, it computes no flow of its own
+            mp.setattr(temporal, "flow", lambda *a: pytest.fail("the stabiliser computed a flow"))
+            parts = [st.feed(tiles[i:i + batch], pred[i:i + batch], links[i:i + batch])
+                     for i in range(0, len(tiles), batch)]
         assert np.array_equal(np.concatenate(parts + [st.finish()]), own) and st.cuts == 2
+
+
+def test_links_of_another_length_are_refused_before_anything_changes():
+    l, ab = shot(1, 6)
+    pred = to_model(ab)
+    st = temporal.Stabiliser(0.95, 2)
+    with pytest.raises(ValueError):
+        st.feed(l, pred, linked(l, 6)[:5])
+    assert st.pending == 0 and st.prev_tile is None
 
 
 def test_a_stabiliser_fed_wrong_links_goes_wrong():

@@ -214,14 +214,56 @@ def test_a_film_runs_opencv_on_one_thread_and_restores_it(tmp_path, make_clip, r
 
     monkeypatch.setattr(temporal.Stabiliser, "feed", feed)
     monkeypatch.setattr(temporal.Linker, "add", add)
+    monkeypatch.setattr(video, "flows_in_decoder", lambda device, st: st.smooths)  # as on a GPU
     before = cv2.getNumThreads()
     cv2.setNumThreads(3)
     try:
         assert colour_video(clip, tmp_path / "out.mp4", run).frames_out == 8
-        assert seen and set(seen) == {1}
+        assert len(seen) > 8 and set(seen) == {1}  # every Linker.add, and the stabiliser's feeds
         assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
+
+
+def _error_within(seconds: float, fn, *args):
+    """The exception fn(*args) raised (None if none), run in a thread: a hang fails the test."""
+    import threading
+
+    outcome = {}
+
+    def go():
+        try:
+            fn(*args)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(timeout=seconds)
+    assert not t.is_alive(), "the run hung"
+    return outcome.get("error")
+
+
+def test_a_failing_flow_in_the_decode_worker_ends_the_run(tmp_path, make_clip, run, monkeypatch):
+    # The flows' thread in a decode worker process of its own (a GPU run): its error ends the
+    # run with that error's text, and leaves no output.
+    from colourbatch import temporal
+
+    run.workers, run.batch_size = 1, 4
+    clip = make_clip("a.mp4", frames=12)
+    real, calls = temporal.Linker.add, {"n": 0}
+
+    def broken(self, tile):
+        calls["n"] += 1  # counted in the worker (forked after the patch)
+        if calls["n"] == 6:
+            raise RuntimeError("broken add")
+        return real(self, tile)
+
+    monkeypatch.setattr(temporal.Linker, "add", broken)
+    monkeypatch.setattr(video, "flows_in_decoder", lambda device, st: st.smooths)
+    error = _error_within(60, colour_video, clip, tmp_path / "out.mp4", run)
+    assert isinstance(error, ColourbatchError) and "broken add" in str(error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
 
 
 def test_the_writer_gets_final_frames_a_few_at_a_time(tmp_path, make_clip, run, monkeypatch):
@@ -359,19 +401,8 @@ def test_a_failing_step_ends_the_run(tmp_path, make_clip, run, monkeypatch, fail
         return real(self, *args)
 
     monkeypatch.setattr(owner, fails_in, broken)
-    outcome = {}
-
-    def go():
-        try:
-            colour_video(clip, dst, run, VideoConfig(stability=0.9))
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    t.join(timeout=60)
-    assert not t.is_alive(), "the run hung"
-    assert isinstance(outcome.get("error"), RuntimeError) and str(outcome["error"]) == f"broken {fails_in}"
+    error = _error_within(60, colour_video, clip, dst, run, VideoConfig(stability=0.9))
+    assert isinstance(error, RuntimeError) and str(error) == f"broken {fails_in}"
     assert not [th.name for th in threading.enumerate()
                 if th.name in ("the writer", "the colour stage") or th.name.startswith(("colourbatch-flow",
                                                                                           "colourbatch-chroma"))]
