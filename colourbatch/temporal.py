@@ -181,6 +181,15 @@ class Pull:
         self.inside = (c[..., 0] >= 0) & (c[..., 0] <= w - 1) & (c[..., 1] >= 0) & (c[..., 1] <= h - 1)
         self.photo = np.abs(cur.astype(np.float32) - warp(prev, c).astype(np.float32))
 
+    @classmethod
+    def of(cls, dis, cur: np.ndarray, prev: np.ndarray) -> "Pull":
+        """`cur`'s pull into `prev` (uint8 L planes of one size), from DIS flows both ways."""
+        return cls(cur, prev, flow(dis, cur, prev), flow(dis, prev, cur))
+
+    def reverse(self, cur: np.ndarray, prev: np.ndarray) -> "Pull":
+        """`prev`'s pull into `cur`, from the same two flows (none computed again)."""
+        return Pull(prev, cur, self.bwd, self.fwd)
+
     def visible(self, relative: float = FB_RELATIVE, absolute: float = FB_ABSOLUTE) -> np.ndarray:
         """Float mask of the pixels whose flow is consistent both ways and lands inside `prev`."""
         return ((self.gap < relative * self.size + absolute) & self.inside).astype(np.float32)
@@ -210,7 +219,7 @@ def track(dis, cur: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """(coords, visible, trust) of uint8 L planes `cur` and `prev` (same size): where each pixel
     of `cur` lies in `prev` (DIS flow), the forward-backward visibility mask, and the trust
     (0..1) in `prev` moved there: visible * exp(-(|cur - warp(prev)| / PHOTO_SIGMA)^2)."""
-    pull = Pull(cur, prev, flow(dis, cur, prev), flow(dis, prev, cur))
+    pull = Pull.of(dis, cur, prev)
     return pull.coords, pull.visible(), pull.trust()
 
 
@@ -244,9 +253,8 @@ class Link(NamedTuple):
 
 def link(dis, plane: np.ndarray, prev: np.ndarray) -> Link:
     """The Link of flow plane `plane` to `prev` (the frame before it): two DIS flows and both pulls."""
-    into_prev = Pull(plane, prev, flow(dis, plane, prev), flow(dis, prev, plane))
-    out_of_prev = Pull(prev, plane, into_prev.bwd, into_prev.fwd)
-    return Link(float(into_prev.trust().mean()), into_prev.weights(), out_of_prev.weights())
+    into_prev = Pull.of(dis, plane, prev)
+    return Link(float(into_prev.trust().mean()), into_prev.weights(), into_prev.reverse(plane, prev).weights())
 
 
 class Linker:
