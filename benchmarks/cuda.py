@@ -164,8 +164,10 @@ def alone(path: Path, coloured: Path, presets, folder: Path) -> dict[str, float]
 def floor_under_way(short: dict, long: dict) -> dict[str, float]:
     """ms a frame of each stage once under way: the long clip's extra frames over its extra time
     (x264's look-ahead filling and its frame threads draining are paid once a film)."""
-    extra = long["frames"] - short["frames"]
-    return {k.replace("_s", "_ms", 1): 1000 * (long[k] - short[k]) / extra for k in short if k != "frames"}
+    from floor import per_extra_frame
+
+    return {k.replace("_s", "_ms", 1): 1000 * per_extra_frame(short[k], short["frames"], long[k], long["frames"])
+            for k in short if k != "frames"}
 
 
 def main() -> None:

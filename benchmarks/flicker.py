@@ -19,6 +19,7 @@ the floor (its warp error), the colourfulness ratio and the a/b PSNR.
                                  [--weights weights/default.pt] [--stability 0.95] [--reach 16]
     python benchmarks/flicker.py --pipeline 720     # the stabiliser's share of the whole pipeline
     python benchmarks/flicker.py --flow-sides 128,96,80 FILM...   # the flow's plane side: cost, flicker
+    python benchmarks/flicker.py --flow-sides 96,96:fast,160:fast FILM...   # and its DIS preset
 """
 from __future__ import annotations
 
@@ -140,9 +141,14 @@ def pipeline_cost(height: int, stability: float, reach: int, weights: str | None
               f"frames/s {np.median(fps[0.0]):.1f} off, {np.median(fps[stability]):.1f} on")
 
 
-def flow_sides(films: list[Path], sides: list[int], frames: int, stability: float, reach: int,
+#: DIS presets by name, for --flow-sides.
+PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
+
+
+def flow_sides(films: list[Path], sides: list[str], frames: int, stability: float, reach: int,
                weights: str | None) -> None:
-    """The stabiliser at each flow-plane side (temporal.FLOW_SIDE) on the first `frames` frames
+    """The stabiliser at each flow-plane side (temporal.FLOW_SIDE; "SIDE:PRESET" also sets the
+    DIS preset, temporal.FLOW_PRESET, default the shipped one) on the first `frames` frames
     of each colour film: its CPU ms a frame (one thread) and each film's warp error and a/b PSNR
     against the film's own colour. Offline: the model's a/b for the film's tiles (as
     `colourbatch video` makes both) are stabilised and measured at the metric's size, with no
@@ -163,10 +169,11 @@ def flow_sides(films: list[Path], sides: list[int], frames: int, stability: floa
                for rgb in frames_of(path, len(tiles))]
         films_data.append((path.stem, tiles, ab, src))
     first: list[float] = []
-    keep = temporal.FLOW_SIDE
+    keep = temporal.FLOW_SIDE, temporal.FLOW_PRESET
     try:
-        for side in sides:
-            temporal.FLOW_SIDE = side
+        for spec in sides:
+            side, _, preset = spec.partition(":")
+            temporal.FLOW_SIDE, temporal.FLOW_PRESET = int(side), PRESETS[preset] if preset else keep[1]
             cpu, row = 0.0, []
             for k, (name, tiles, ab, src) in enumerate(films_data):
                 with one_opencv_thread():
@@ -184,9 +191,9 @@ def flow_sides(films: list[Path], sides: list[int], frames: int, stability: floa
                     first.append(metric.value)
                 row.append(f"{name} {metric.value:.3f} ({metric.value / first[k]:.2f}) {np.mean(ps):.2f} dB")
             n = sum(len(f[1]) for f in films_data)
-            print(f"side {side:>3}: stabiliser {1000 * cpu / n:.2f} ms a frame | " + " | ".join(row), flush=True)
+            print(f"side {spec:>9}: stabiliser {1000 * cpu / n:.2f} ms a frame | " + " | ".join(row), flush=True)
     finally:
-        temporal.FLOW_SIDE = keep
+        temporal.FLOW_SIDE, temporal.FLOW_PRESET = keep
 
 
 def main() -> None:
@@ -201,7 +208,8 @@ def main() -> None:
                     help="instead: the whole pipeline's cost (x264) with the stabiliser off and on, "
                          "on a synthetic clip of this height (720)")
     ap.add_argument("--flow-sides", metavar="SIDES",
-                    help="instead: the stabiliser offline at each flow-plane side (comma-separated), on FILMS")
+                    help="instead: the stabiliser offline at each flow-plane side, SIDE or SIDE:PRESET "
+                         f"({', '.join(PRESETS)}), comma-separated, on FILMS")
     ap.add_argument("films", nargs="*", type=Path, help="colour films for --flow-sides")
     args = ap.parse_args()
 
@@ -219,7 +227,7 @@ def main() -> None:
     if args.flow_sides:
         if not args.films:
             ap.error("--flow-sides needs FILMS")
-        flow_sides(args.films, [int(v) for v in args.flow_sides.split(",")], args.frames, on, reach, args.weights)
+        flow_sides(args.films, args.flow_sides.split(","), args.frames, on, reach, args.weights)
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -1,7 +1,7 @@
 """Benchmark of `colourbatch video` against the floor of its work, over clips, sizes and presets; peak memory.
 
     python benchmarks/video.py [--quick] [--sizes 360,720,1080] [--presets medium,veryfast]
-                               [--seconds 4] [--long 10] [--real FILM] [--rss 10,60]
+                               [--seconds 4] [--long 10] [--real FILM] [--rss 10,60,240]
                                [--weights weights/default.pt]
 
 For each clip (a synthetic grey film made here, and a real film, by default
@@ -26,7 +26,11 @@ each size and x264 preset, measured in this one run:
   cost each film pays once (`film_rate`: the decode worker's start, the
   stabiliser's look-ahead filling, the writer and x264's look-ahead draining
   with the network done; about a second on 2 cores). A clip of seconds
-  pays that cost in full, an hour of film once;
+  pays that cost in full, an hour of film once. That rate is compared with
+  the floor of the same frames: decode and x264 alone on the long clip too,
+  and of each the cost a frame of the frames it has beyond the short clip
+  (`floor.per_extra_frame`; a real film's content, and so x264's cost,
+  changes along it);
 * the work colourbatch does besides the floor's stages, each alone on one
   thread (floor.product_ms: the glue between the stages, the stabiliser, the
   decoding of the network's output distribution), what x264's own frame
@@ -36,8 +40,10 @@ each size and x264 preset, measured in this one run:
   forward against the fastest runtime's, threads, the decode process,
   copies). These explain the distance to the floor; they are not a yardstick.
 
-Then peak RSS of fresh processes colouring 720p clips of each --rss length:
-it must not grow with the film's length. Wall-clock rates swing when other work
+Then the memory of fresh processes colouring 720p clips of each --rss length
+(`rss_child`): it must not grow with the film's length, and within a long
+film its second half must not climb above its first by more than the
+allocator's swing (about 10 MiB). Wall-clock rates swing when other work
 shares the machine; CPU ms a frame much less, so both are printed. --quick
 (under 5 minutes on 2 cores): 360p and 720p, 2 and 5 s clips, RSS at 5 and 20 s.
 """
@@ -55,7 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.floor import (SIZES, coloured, decode_ms, encode_ms, engine, film_rate,  # noqa: E402
-                              floor_fps, make_clip, network_ms, pipeline_fps, product_ms, real_clip)
+                              floor_fps, make_clip, network_ms, per_extra_frame, pipeline_fps, product_ms,
+                              real_clip)
 
 #: Where the shared media may sit: beside the main checkout, or beside a worktree's folder.
 REAL = [ROOT.parent / "shared/data/media/video/bikes.mp4",
@@ -63,17 +70,39 @@ REAL = [ROOT.parent / "shared/data/media/video/bikes.mp4",
 
 
 def rss_child(clip: Path, weights: str | None) -> dict:
-    """Peak RSS (MiB) of a fresh process colouring `clip` as the command does: main process and decode worker."""
+    """Memory (MiB) of a fresh process colouring `clip` as the command does: the main process's
+    peak RSS, and its highest RSS in the first and in the second half of the run (sampled every
+    0.2 s: a leak lifts the second above the first, while flat memory swings by about 10 MiB;
+    a process's RSS climbs for its first 100 s or so as the chroma table and the allocator's
+    pools fill, so a short film's peak under a long one's is no leak), and the decode worker's
+    peak RSS (which counts the pages it shares with the main process, forked from it).
+
+    The main process's peak is its own memory's high-water mark (VmHWM), not getrusage's
+    ru_maxrss: Linux carries that across exec from the process that started it, so a child of
+    this benchmark reported this benchmark's own peak (2 GB after the 1080p clips) whatever it
+    coloured."""
     code = (
-        "import json, resource, sys, tempfile, pathlib\n"
+        "import json, resource, sys, tempfile, pathlib, threading, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from colourbatch.config import RunConfig\n"
         "from colourbatch.video import colour_video\n"
+        "def status(key):\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key))\n"
+        "samples, done = [], threading.Event()\n"
+        "def sample():\n"
+        "    while not done.wait(0.2):\n"
+        "        samples.append((time.perf_counter(), status('VmRSS')))\n"
         "d = tempfile.mkdtemp()\n"
+        "threading.Thread(target=sample, daemon=True).start()\n"
+        "t0 = time.perf_counter()\n"
         f"r = colour_video({str(clip)!r}, pathlib.Path(d) / 'o.mp4', RunConfig(weights={weights!r}, workers=1))\n"
-        "s = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "done.set()\n"
+        "mid = (t0 + time.perf_counter()) / 2\n"
+        "halves = [max([v for t, v in samples if (t < mid) == first] or [0]) for first in (True, False)]\n"
         "c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print(json.dumps({'main': s, 'worker': c, 'frames': r.frames_out}))\n")
+        "print(json.dumps({'main': status('VmHWM'), 'first': halves[0], 'second': halves[1], 'worker': c,\n"
+        "                  'frames': r.frames_out}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -89,12 +118,12 @@ def main() -> None:
                     "against (default 10 s, at most the real film's length; --quick: 5)")
     ap.add_argument("--real", default=None, help="a real film to scale to each size ('' to skip)")
     ap.add_argument("--rss", default=None, help="720p clip lengths (s) for the peak-RSS runs "
-                    "(default 10,60; --quick: 5,20; '' to skip)")
+                    "(default 10,60,240; --quick: 5,20; '' to skip)")
     ap.add_argument("--rss-fps", type=int, default=5, help="frame rate of the RSS clips (keeps a long one quick)")
     args = ap.parse_args()
     sizes = args.sizes if args.sizes is not None else ("360,720" if args.quick else "360,720,1080")
     seconds = args.seconds or (2.0 if args.quick else 4.0)
-    rss_lengths = args.rss if args.rss is not None else ("5,20" if args.quick else "10,60")
+    rss_lengths = args.rss if args.rss is not None else ("5,20" if args.quick else "10,60,240")
     long_s = args.long or (5.0 if args.quick else 10.0)
     real = Path(args.real) if args.real else next((p for p in REAL if p.exists()), None)
     if args.real == "":
@@ -125,26 +154,41 @@ def main() -> None:
                                  real_clip(Path(tmp) / f"rl{size}.mp4", real, w, h, long_s))
             for kind, (clip, long_clip) in clips.items():
                 dec, frames = decode_ms(clip)
-                _, long_frames = decode_ms(long_clip)
+                dec_long, long_frames = decode_ms(long_clip)
                 if long_frames <= frames:  # a real film no longer than --seconds: no rate to take
                     sys.exit(f"{kind} {size}p: the --long clip has {long_frames} frames, the short one "
                              f"{frames}; give a --long above --seconds and a film at least that long")
                 product = product_ms(clip, colouriser)
                 colour_clip = coloured(clip, colouriser, Path(tmp) / f"c{size}{kind}.mp4")
+                colour_long = coloured(long_clip, colouriser, Path(tmp) / f"cl{size}{kind}.mp4")
+
+                def extra(short_ms: float, long_ms: float) -> float:  # ms a frame of the long clip's extra frames
+                    return per_extra_frame(short_ms * frames, frames, long_ms * long_frames, long_frames)
                 for preset in [p for p in args.presets.split(",") if p]:
                     enc = encode_ms(colour_clip, preset, 18)
                     threads_extra = encode_ms(colour_clip, preset, 18, threaded=True) - enc
                     stages = {"decode": dec, "encode": enc, "network": net}
                     floor = floor_fps(stages, cores)
+                    # A film's rate is that of the long clip's extra frames: so is its floor.
+                    enc_long = encode_ms(colour_long, preset, 18)
+                    film_stages = {"decode": extra(dec, dec_long), "encode": extra(enc, enc_long), "network": net}
+                    film_threads_extra = extra(threads_extra + enc,
+                                               encode_ms(colour_long, preset, 18, threaded=True)) \
+                        - film_stages["encode"]
                     on = pipeline_fps(clip, colouriser, preset)
                     off = pipeline_fps(clip, colouriser, preset, stability=0.0)
                     film = film_rate(on, frames, pipeline_fps(long_clip, colouriser, preset), long_frames)
+                    film_floor = floor_fps(film_stages, cores)
                     rows.append(dict(clip=f"{size}p {kind}", preset=preset, work=sum(stages.values()),
                                      floor=floor, product=product, on=on, off=off, film=film,
-                                     threads_extra=threads_extra, **stages))
+                                     film_floor=film_floor, film_work=sum(film_stages.values()),
+                                     film_encode=film_stages["encode"], threads_extra=film_threads_extra,
+                                     **stages))
                     print(f"{size}p {kind} {preset}: decode {dec:.1f} + x264 {enc:.1f} + network {net:.1f} ms "
-                          f"-> floor {floor:.2f} f/s; pipeline {on.fps:.2f} f/s ({on.fps / floor:.2f}), "
-                          f"a film's rate {film.fps:.2f} ({film.fps / floor:.2f}) + {film.fixed_s:.2f} s a film, "
+                          f"-> floor {floor:.2f} f/s; pipeline {on.fps:.2f} f/s ({on.fps / floor:.2f}); "
+                          f"the long clip's extra frames: x264 {film_stages['encode']:.1f} ms -> floor "
+                          f"{film_floor:.2f} f/s, a film's rate {film.fps:.2f} ({film.fps / film_floor:.2f}) "
+                          f"+ {film.fixed_s:.2f} s a film, "
                           f"stabiliser off {off.fps:.2f} "
                           f"({off.fps / floor:.2f}); CPU ms a frame {on.cpu_ms:.0f} / {off.cpu_ms:.0f}; "
                           + ", ".join(f"{k} {v:.1f}" for k, v in product.items()), flush=True)
@@ -153,23 +197,23 @@ def main() -> None:
             clip = make_clip(Path(tmp) / f"rss{secs:g}.mp4", 1280, 720, secs, fps=args.rss_fps)
             r = rss_child(clip, args.weights)
             rss.append((secs, r))
-            print(f"720p {secs:g} s ({r['frames']} frames): peak RSS main {r['main']:.0f} MiB, "
-                  f"decode worker {r['worker']:.0f} MiB", flush=True)
+            print(f"720p {secs:g} s ({r['frames']} frames): peak RSS main {r['main']:.0f} MiB (first half "
+                  f"{r['first']:.0f}, second {r['second']:.0f}), decode worker {r['worker']:.0f} MiB", flush=True)
 
     print(f"\nThe floor's stages, CPU ms a frame on one thread (network: {net_name}), the perfect overlap of "
           f"them on {cores} cores, and `colourbatch video` (frames/s, ratio to the floor):\n")
     print("| clip | preset | decode | x264 | network | floor (f/s) | pipeline (f/s) | / floor | "
-          "a film's rate (f/s) | / floor | fixed cost a film (s) | stabiliser off (f/s) | / floor | "
-          "stabiliser's cost |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "stabiliser off (f/s) | / floor | stabiliser's cost | under way: x264 | floor (f/s) | "
+          "a film's rate (f/s) | / floor | fixed cost a film (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        on, off = r["on"], r["off"]
+        on, off, film = r["on"], r["off"], r["film"]
         print(f"| {r['clip']} | {r['preset']} | {r['decode']:.1f} | {r['encode']:.1f} | {r['network']:.1f} | "
-              f"{r['floor']:.2f} | {on.fps:.2f} | {on.fps / r['floor']:.2f} | {r['film'].fps:.2f} | "
-              f"{r['film'].fps / r['floor']:.2f} | {r['film'].fixed_s:.2f} | {off.fps:.2f} | {off.fps / r['floor']:.2f} | "
-              f"{100 * (1 - on.fps / off.fps):.0f} % |")
+              f"{r['floor']:.2f} | {on.fps:.2f} | {on.fps / r['floor']:.2f} | {off.fps:.2f} | "
+              f"{off.fps / r['floor']:.2f} | {100 * (1 - on.fps / off.fps):.0f} % | {r['film_encode']:.1f} | "
+              f"{r['film_floor']:.2f} | {film.fps:.2f} | {film.fps / r['film_floor']:.2f} | {film.fixed_s:.2f} |")
     print("\nWhere a film's CPU goes, ms a frame once under way (stable when the machine is shared): the "
-          "floor's stages; the work colourbatch does besides them, each measured alone (glue: L tile + chroma; "
+          "floor's stages (on the long clip's extra frames); the work colourbatch does besides them, each measured alone (glue: L tile + chroma; "
           "the stabiliser; the distribution decode); what x264's frame threads cost beyond its one thread "
           "(x264 alone both ways); the pipeline's own (this process, its threads, the decode "
           "worker, from the short and the long clip); what is left (threads, processes, copies); the floor's "
@@ -181,19 +225,21 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         p, film = r["product"], r["film"]
-        left = film.cpu_ms - r["work"] - sum(p.values()) - r["threads_extra"]
+        left = film.cpu_ms - r["film_work"] - sum(p.values()) - r["threads_extra"]
         # CPU seconds per wall second: below the core count when other work shares the machine
         # (or the overlap leaves a core idle); the wall ratio to the floor cannot beat got / cores.
-        print(f"| {r['clip']} | {r['preset']} | {r['work']:.0f} | {p['glue']:.1f} | {p['stabiliser']:.1f} | "
+        print(f"| {r['clip']} | {r['preset']} | {r['film_work']:.0f} | {p['glue']:.1f} | {p['stabiliser']:.1f} | "
               f"{p['distribution decode']:.1f} | {r['threads_extra']:.1f} | {film.cpu_ms:.0f} | {left:.0f} | "
-              f"{r['work'] / film.cpu_ms:.2f} | "
+              f"{r['film_work'] / film.cpu_ms:.2f} | "
               f"{film.cpu_ms * film.fps / 1000:.2f} | {film.fixed_cpu_s:.2f} | "
-              f"{cores * 1000 / (r['work'] + sum(p.values())):.2f} |")
+              f"{cores * 1000 / (r['film_work'] + sum(p.values())):.2f} |")
     if rss:
-        print("\n| 720p clip | frames | peak RSS main (MiB) | peak RSS decode worker (MiB) |")
-        print("|---|---:|---:|---:|")
+        print("\n| 720p clip | frames | peak RSS main (MiB) | its first half | its second half | "
+              "peak RSS decode worker (MiB) |")
+        print("|---|---:|---:|---:|---:|---:|")
         for secs, r in rss:
-            print(f"| {secs:g} s | {r['frames']} | {r['main']:.0f} | {r['worker']:.0f} |")
+            print(f"| {secs:g} s | {r['frames']} | {r['main']:.0f} | {r['first']:.0f} | {r['second']:.0f} | "
+                  f"{r['worker']:.0f} |")
 
 
 def cpu_model() -> str:

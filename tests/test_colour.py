@@ -87,6 +87,16 @@ def test_gamut_bins():
     assert bins.shape == (255, 2)
     assert (bins % 10 == 0).all()
     assert [0, 0] in bins.tolist()
+    # The model's output channels are these bins in this order (the shipped weights depend on
+    # it): sorted by a, then b, each once.
+    order = np.lexsort((bins[:, 1], bins[:, 0]))
+    assert (order == np.arange(len(bins))).all()
+    assert len({tuple(b) for b in bins.tolist()}) == len(bins)
+    assert bins[:2].tolist() == [[-80, 50], [-80, 60]] and bins[-2:].tolist() == [[100, -60], [100, -50]]
+    # Every sRGB colour's bin is there.
+    rgb = np.random.default_rng(0).integers(0, 256, (1, 4096, 3), dtype=np.uint8)
+    ab = colour.rgb_to_lab(rgb)[0, :, 1:].astype(np.float32) - colour.AB_OFFSET
+    assert {tuple(b) for b in (np.floor(ab / 10 + 0.5) * 10).tolist()} <= {tuple(b) for b in bins.tolist()}
 
 
 def test_l8_to_grey_is_the_grey_of_that_lightness():
