@@ -227,6 +227,11 @@ def main() -> None:
     if args.flow_sides:
         if not args.films:
             ap.error("--flow-sides needs FILMS")
+        for spec in args.flow_sides.split(","):
+            side, _, preset = spec.partition(":")
+            if not side.isdigit() or int(side) < 8 or (preset and preset not in PRESETS):
+                ap.error(f"--flow-sides: {spec!r} is not SIDE or SIDE:PRESET (a side of 8 or more; "
+                         f"presets {', '.join(PRESETS)})")
         flow_sides(args.films, args.flow_sides.split(","), args.frames, on, reach, args.weights)
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,7 +43,7 @@ each size and x264 preset, measured in this one run:
 Then the memory of fresh processes colouring 720p clips of each --rss length
 (`rss_child`): it must not grow with the film's length, and within a long
 film its second half must not climb above its first by more than the
-allocator's swing (about 10 MiB). Wall-clock rates swing when other work
+allocator's swing (a few tens of MiB). Wall-clock rates swing when other work
 shares the machine; CPU ms a frame much less, so both are printed. --quick
 (under 5 minutes on 2 cores): 360p and 720p, 2 and 5 s clips, RSS at 5 and 20 s.
 """
@@ -55,6 +55,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,40 +72,50 @@ REAL = [ROOT.parent / "shared/data/media/video/bikes.mp4",
 
 def rss_child(clip: Path, weights: str | None) -> dict:
     """Memory (MiB) of a fresh process colouring `clip` as the command does: the main process's
-    peak RSS, and its highest RSS in the first and in the second half of the run (sampled every
-    0.2 s: a leak lifts the second above the first, while flat memory swings by about 10 MiB;
-    a process's RSS climbs for its first 100 s or so as the chroma table and the allocator's
-    pools fill, so a short film's peak under a long one's is no leak), and the decode worker's
-    peak RSS (which counts the pages it shares with the main process, forked from it).
+    peak RSS, and its highest RSS in the first and in the second half of the film's run (read
+    from this process every 0.2 s, so that the child holds no thread of its own when it forks
+    the decode worker: a leak lifts the second half above the first, while flat memory swings
+    by some tens of MiB; a process's RSS climbs for its first 100 s or so as the chroma table and
+    the allocator's pools fill, so a short film's peak under a long one's is no leak), and the
+    decode worker's peak RSS (which counts the pages it shares with the main process, forked
+    from it).
 
     The main process's peak is its own memory's high-water mark (VmHWM), not getrusage's
     ru_maxrss: Linux carries that across exec from the process that started it, so a child of
     this benchmark reported this benchmark's own peak (2 GB after the 1080p clips) whatever it
     coloured."""
     code = (
-        "import json, resource, sys, tempfile, pathlib, threading, time\n"
+        "import json, resource, sys, tempfile, pathlib, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from colourbatch.config import RunConfig\n"
         "from colourbatch.video import colour_video\n"
-        "def status(key):\n"
-        "    with open('/proc/self/status') as f:\n"
-        "        return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key))\n"
-        "samples, done = [], threading.Event()\n"
-        "def sample():\n"
-        "    while not done.wait(0.2):\n"
-        "        samples.append((time.perf_counter(), status('VmRSS')))\n"
         "d = tempfile.mkdtemp()\n"
-        "threading.Thread(target=sample, daemon=True).start()\n"
-        "t0 = time.perf_counter()\n"
+        "t0 = time.monotonic()\n"
         f"r = colour_video({str(clip)!r}, pathlib.Path(d) / 'o.mp4', RunConfig(weights={weights!r}, workers=1))\n"
-        "done.set()\n"
-        "mid = (t0 + time.perf_counter()) / 2\n"
-        "halves = [max([v for t, v in samples if (t < mid) == first] or [0]) for first in (True, False)]\n"
+        "t1 = time.monotonic()\n"
+        "hwm = next(int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
         "c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print(json.dumps({'main': status('VmHWM'), 'first': halves[0], 'second': halves[1], 'worker': c,\n"
-        "                  'frames': r.frames_out}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        "print(json.dumps({'main': hwm, 'worker': c, 'frames': r.frames_out, 't0': t0, 't1': t1}))\n")
+    samples: list[tuple[float, float]] = []  # (time.monotonic(), the child's RSS): one clock for both
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as child:
+        while child.poll() is None:
+            try:
+                with open(f"/proc/{child.pid}/status") as f:
+                    rss = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS")), None)
+            except OSError:  # it ended between the poll and the read
+                rss = None
+            if rss is not None:
+                samples.append((time.monotonic(), rss))
+            time.sleep(0.2)
+        out, err = child.communicate()
+    if child.returncode:
+        sys.exit(f"the RSS run of {clip} failed:\n{err}")
+    r = json.loads(out.strip().splitlines()[-1])
+    mid = (r["t0"] + r["t1"]) / 2
+    film = [(t, v) for t, v in samples if r["t0"] <= t <= r["t1"]]
+    r["first"], r["second"] = (max([v for t, v in film if (t < mid) == first] or [0.0]) for first in (True, False))
+    return r
 
 
 def main() -> None:
@@ -161,6 +172,10 @@ def main() -> None:
                 product = product_ms(clip, colouriser)
                 colour_clip = coloured(clip, colouriser, Path(tmp) / f"c{size}{kind}.mp4")
                 colour_long = coloured(long_clip, colouriser, Path(tmp) / f"cl{size}{kind}.mp4")
+                # x264's ms a frame are per coloured frame, the totals below per source frame.
+                if (decode_ms(colour_clip)[1], decode_ms(colour_long)[1]) != (frames, long_frames):
+                    sys.exit(f"{kind} {size}p: the coloured clips lost frames; x264's floor would not be "
+                             "that of the source's frames")
 
                 def extra(short_ms: float, long_ms: float) -> float:  # ms a frame of the long clip's extra frames
                     return per_extra_frame(short_ms * frames, frames, long_ms * long_frames, long_frames)
@@ -213,7 +228,8 @@ def main() -> None:
               f"{off.fps / r['floor']:.2f} | {100 * (1 - on.fps / off.fps):.0f} % | {r['film_encode']:.1f} | "
               f"{r['film_floor']:.2f} | {film.fps:.2f} | {film.fps / r['film_floor']:.2f} | {film.fixed_s:.2f} |")
     print("\nWhere a film's CPU goes, ms a frame once under way (stable when the machine is shared): the "
-          "floor's stages (on the long clip's extra frames); the work colourbatch does besides them, each measured alone (glue: L tile + chroma; "
+          "floor's stages (on the long clip's extra frames); the work colourbatch does besides them, each measured "
+          "alone on the short clip (glue: L tile + chroma; "
           "the stabiliser; the distribution decode); what x264's frame threads cost beyond its one thread "
           "(x264 alone both ways); the pipeline's own (this process, its threads, the decode "
           "worker, from the short and the long clip); what is left (threads, processes, copies); the floor's "

@@ -110,8 +110,8 @@ class CutDetector:
 #: 0.173 -> 0.176, 0.210 -> 0.217; a/b PSNR the same to 0.03 dB); at 80 it rises 4-13 %.
 #: Offline, first 100 frames, the shipped default, reach 16:
 #: `python benchmarks/flicker.py --flow-sides 128,96,80 FILMS`. FAST at any side from 96 to 224
-#: costs 3.5-7.3 ms a frame against MEDIUM at 96's 5.1, and bikes' warp error rises 9-28 %, tree's
-#: 6-15 % (`--flow-sides 96,96:fast,128:fast,160:fast,192:fast,224:fast`, 27 Nov 2026).
+#: costs 3.53-7.25 ms a frame against MEDIUM at 96's 5.08, and bikes' warp error rises 9-28 %,
+#: tree's 6-15 % (`--flow-sides 96,96:fast,128:fast,160:fast,192:fast,224:fast`, 27 Nov 2026).
 FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
 FLOW_SIDE = 96
 #: Forward-backward consistency (Sundaram et al. 2010): a pixel is visible in both frames when
