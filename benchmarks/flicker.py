@@ -145,6 +145,14 @@ def pipeline_cost(height: int, stability: float, reach: int, weights: str | None
 PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}
 
 
+def flow_spec(spec: str) -> tuple[int, str]:
+    """--flow-sides' "SIDE" or "SIDE:PRESET" -> (side, preset name or ''); ValueError if neither."""
+    side, _, preset = spec.partition(":")
+    if not side.isdigit() or int(side) < 8 or (preset and preset not in PRESETS):
+        raise ValueError(f"{spec!r} is not SIDE or SIDE:PRESET (a side of 8 or more; presets {', '.join(PRESETS)})")
+    return int(side), preset
+
+
 def flow_sides(films: list[Path], sides: list[str], frames: int, stability: float, reach: int,
                weights: str | None) -> None:
     """The stabiliser at each flow-plane side (temporal.FLOW_SIDE; "SIDE:PRESET" also sets the
@@ -172,8 +180,8 @@ def flow_sides(films: list[Path], sides: list[str], frames: int, stability: floa
     keep = temporal.FLOW_SIDE, temporal.FLOW_PRESET
     try:
         for spec in sides:
-            side, _, preset = spec.partition(":")
-            temporal.FLOW_SIDE, temporal.FLOW_PRESET = int(side), PRESETS[preset] if preset else keep[1]
+            side, preset = flow_spec(spec)
+            temporal.FLOW_SIDE, temporal.FLOW_PRESET = side, PRESETS[preset] if preset else keep[1]
             cpu, row = 0.0, []
             for k, (name, tiles, ab, src) in enumerate(films_data):
                 with one_opencv_thread():
@@ -228,10 +236,10 @@ def main() -> None:
         if not args.films:
             ap.error("--flow-sides needs FILMS")
         for spec in args.flow_sides.split(","):
-            side, _, preset = spec.partition(":")
-            if not side.isdigit() or int(side) < 8 or (preset and preset not in PRESETS):
-                ap.error(f"--flow-sides: {spec!r} is not SIDE or SIDE:PRESET (a side of 8 or more; "
-                         f"presets {', '.join(PRESETS)})")
+            try:
+                flow_spec(spec)  # every spec checked before any film is decoded
+            except ValueError as exc:
+                ap.error(f"--flow-sides: {exc}")
         flow_sides(args.films, args.flow_sides.split(","), args.frames, on, reach, args.weights)
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -112,6 +112,14 @@ def cpu_ms(fn, count: int) -> float:
     return (time.process_time() - t0) * 1000 / count
 
 
+def frame_count(path: Path) -> int:
+    """The frames of `path`'s video stream, decoded and counted (any container)."""
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
 def decode_ms(path: Path) -> tuple[float, int]:
     import av
 
@@ -121,8 +129,7 @@ def decode_ms(path: Path) -> tuple[float, int]:
             vs.thread_type = "AUTO"
             for frame in c.decode(vs):
                 frame.to_ndarray(format="yuv420p")  # the planes, as a YUV-native path would take them
-    with av.open(str(path)) as c:
-        n = sum(1 for _ in c.decode(video=0))
+    n = frame_count(path)
     return cpu_ms(run, n), n
 
 
@@ -365,7 +372,7 @@ def per_extra_frame(short: float, short_frames: int, long: float, long_frames: i
     (the short clip being the long one's start): a film's cost a frame once under way, what a
     film pays once cancelling out. Every stage a film's rate is compared with must be taken
     this way too: a real film's frames differ in what they cost x264, either way (bikes.mp4 at
-    720p, veryfast, one thread: 20-21 ms a frame over its first 100 frames, 17 over the next
+    720p, veryfast, one thread: 20-21 ms a frame over its first 100 frames, 17-18 over the next
     150; 18.7 over its first 50, 21.5 over the next 75)."""
     return (long - short) / (long_frames - short_frames)
 

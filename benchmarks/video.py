@@ -62,8 +62,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.floor import (SIZES, coloured, decode_ms, encode_ms, engine, film_rate,  # noqa: E402
-                              floor_fps, make_clip, network_ms, per_extra_frame, pipeline_fps, product_ms,
-                              real_clip)
+                              floor_fps, frame_count, make_clip, network_ms, per_extra_frame, pipeline_fps,
+                              product_ms, real_clip)
 
 #: Where the shared media may sit: beside the main checkout, or beside a worktree's folder.
 REAL = [ROOT.parent / "shared/data/media/video/bikes.mp4",
@@ -173,7 +173,7 @@ def main() -> None:
                 colour_clip = coloured(clip, colouriser, Path(tmp) / f"c{size}{kind}.mp4")
                 colour_long = coloured(long_clip, colouriser, Path(tmp) / f"cl{size}{kind}.mp4")
                 # x264's ms a frame are per coloured frame, the totals below per source frame.
-                if (decode_ms(colour_clip)[1], decode_ms(colour_long)[1]) != (frames, long_frames):
+                if (frame_count(colour_clip), frame_count(colour_long)) != (frames, long_frames):
                     sys.exit(f"{kind} {size}p: the coloured clips lost frames; x264's floor would not be "
                              "that of the source's frames")
 
